@@ -137,12 +137,12 @@ class CGSPNVisionConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(
                 f"attention_layer_indices {bad} out of range for num_hidden_layers={self.num_hidden_layers}"
             )
-        if self.attention_layer_indices or self.pooling == "map":
-            if self.hidden_size % self.num_attention_heads:
-                raise ValueError(
-                    f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                    f"({self.num_attention_heads}) for attention layers and MAP pooling"
-                )
+        needs_heads = self.attention_layer_indices or self.pooling == "map"
+        if needs_heads and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}) for attention layers and MAP pooling"
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pooling == "cls" and self.num_prefix_tokens < 1:
