@@ -1,0 +1,456 @@
+"""Triton backend of the C-GSPN propagation operator (SPEC §3).
+
+One launch scans all four directions: program ``(channel block, direction, batch)`` walks the
+``L`` lines of its direction with the float32 state of one whole line (``BLOCK_M`` positions x
+``BLOCK_C`` channels) in registers. Channels are the contiguous axis of Z and G, so every load
+is a ``BLOCK_C``-wide coalesced segment per position, read in place for every direction (no
+transposed or flipped copies). The neighbour exchange ``h[t-1, p +- 1]`` goes through a small
+float32 line buffer (written, barrier, read back shifted; it stays in L1/L2).
+
+The four directional outputs are written as float32 partials and merged, in the fixed order
+``(TD + BU) + (LR + RL)`` of the reference, by a second small kernel that also casts to the input
+dtype; so the result is bitwise deterministic (no atomics).
+
+Backward is a reverse scan. The training forward stores every line's state ``h`` (float32); the
+reverse scan reads ``h[t]`` and ``h[t-1]`` from it and carries the adjoint ``dL/dh`` across
+lines through the same kind of line buffer. Storing costs the forward 16 bytes per element but
+saves the backward a full recompute pass (measured in ``benchmarks/``).
+
+The module registers its ops under a namespace chosen by the caller (:func:`register_ops`), so
+the same file also ships as the ``torch-universal`` variant of the kernels-hub build without
+clashing with ``cgspn::``. Importing it needs only torch and triton.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import torch
+import triton
+import triton.language as tl
+
+NUM_DIRECTIONS = 4
+NUM_FIELDS = 5
+WEIGHT_EPS = 1e-6
+DEFAULT_NAMESPACE = "cgspn"
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _line_geometry(direction, height, width):
+    """Lines of ``direction``: count, length, grid step between lines and between positions."""
+    is_column = direction >= 2
+    num_lines = tl.where(is_column, width, height)
+    line_len = tl.where(is_column, height, width)
+    line_step = tl.where(is_column, 1, width)
+    pos_step = tl.where(is_column, width, 1)
+    return num_lines, line_len, line_step, pos_step
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _propagate_fwd_kernel(
+    # tensors: inputs (B, H, W, Cc) and (B, H, W, 20*Cc); partials (4, B*H*W*Cc) float32;
+    # state: line buffer or saved states, float32
+    z_ptr,
+    g_ptr,
+    partial_ptr,
+    state_ptr,
+    # sizes
+    batch,
+    height,
+    width,
+    channels,
+    numel,
+    # state buffer layout: offset of (direction, batch) region and slot of line t
+    state_dir_stride,
+    state_batch_stride,
+    # meta
+    RING: tl.constexpr,  # 0: keep every line's state (training), else a ring of 2 lines
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    direction = tl.program_id(1)
+    b = tl.program_id(2)
+    num_lines, line_len, line_step, pos_step = _line_geometry(direction, height, width)
+    reverse = (direction % 2) == 1
+
+    p = tl.arange(0, BLOCK_M)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (p < line_len)[:, None] & (c < channels)[None, :]
+    has_prev = (p >= 1)[:, None]
+    has_next = (p + 1 < line_len)[:, None]
+    mask_prev = mask & has_prev
+    mask_next = mask & has_next
+
+    grid_base = b.to(tl.int64) * height * width
+    pos_offset = (p * pos_step).to(tl.int64)
+    partial_base = partial_ptr + direction * numel
+    field_base = g_ptr + direction * NUM_FIELDS * channels + c[None, :]
+    state_base = state_ptr + direction.to(tl.int64) * state_dir_stride + b.to(tl.int64) * state_batch_stride
+    state_line = p[:, None] * channels + c[None, :]
+    line_elems = line_len * channels
+
+    h = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for t in range(0, num_lines):
+        line = tl.where(reverse, num_lines - 1 - t, t)
+        cell = grid_base + line * line_step + pos_offset  # (BLOCK_M,) grid index of each position
+        z_off = cell[:, None] * channels + c[None, :]
+        g_row = field_base + cell[:, None] * (NUM_DIRECTIONS * NUM_FIELDS * channels)
+        z = tl.load(z_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
+        lam = tl.load(g_row, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(g_row + channels, mask=mask, other=0.0).to(tl.float32)
+        wt_prev = tl.load(g_row + 2 * channels, mask=mask, other=0.0).to(tl.float32)
+        wt_self = tl.load(g_row + 3 * channels, mask=mask, other=0.0).to(tl.float32)
+        wt_next = tl.load(g_row + 4 * channels, mask=mask, other=0.0).to(tl.float32)
+
+        # h[t-1, p-1] and h[t-1, p+1] from the line buffer (slot of line t-1; zero for t = 0)
+        if RING == 0:
+            prev_slot = t - 1
+            slot = t
+        else:
+            prev_slot = (t + 1) % 2
+            slot = t % 2
+        prev_line = state_base + prev_slot * line_elems + state_line
+        h_left = tl.load(prev_line - channels, mask=mask_prev & (t > 0), other=0.0)
+        h_right = tl.load(prev_line + channels, mask=mask_next & (t > 0), other=0.0)
+
+        gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
+        gate_self = _sigmoid(wt_self)
+        gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
+        norm = tl.maximum(gate_prev + gate_self + gate_next, WEIGHT_EPS)
+        h = (gate_prev / norm) * h_left + (gate_self / norm) * h + (gate_next / norm) * h_right + lam * z
+
+        tl.store(state_base + slot * line_elems + state_line, h, mask=mask)
+        tl.store(partial_base + z_off, u * h, mask=mask)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _propagate_bwd_kernel(
+    # tensors: z, g as in forward; dy (B, H, W, Cc); state: saved float32 line states
+    # (4, B, H*W, Cc); carry: float32 ring buffer (4, B, 2 slots, 2, max(H, W), Cc);
+    # dz_partial (4, B*H*W*Cc) float32; dg (B, H, W, 20*Cc) in the input dtype
+    z_ptr,
+    g_ptr,
+    dy_ptr,
+    state_ptr,
+    carry_ptr,
+    dz_partial_ptr,
+    dg_ptr,
+    # sizes
+    batch,
+    height,
+    width,
+    channels,
+    numel,
+    carry_line_elems,
+    # meta
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    direction = tl.program_id(1)
+    b = tl.program_id(2)
+    num_lines, line_len, line_step, pos_step = _line_geometry(direction, height, width)
+    reverse = (direction % 2) == 1
+
+    p = tl.arange(0, BLOCK_M)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (p < line_len)[:, None] & (c < channels)[None, :]
+    has_prev = (p >= 1)[:, None]
+    has_next = (p + 1 < line_len)[:, None]
+    mask_prev = mask & has_prev
+    mask_next = mask & has_next
+
+    grid_base = b.to(tl.int64) * height * width
+    pos_offset = (p * pos_step).to(tl.int64)
+    dz_base = dz_partial_ptr + direction * numel
+    g_stride = NUM_DIRECTIONS * NUM_FIELDS * channels
+    field_offset = direction * NUM_FIELDS * channels + c[None, :]
+    state_base = state_ptr + (direction.to(tl.int64) * batch + b) * height * width * channels
+    carry_base = carry_ptr + (direction.to(tl.int64) * batch + b) * 4 * carry_line_elems
+    line_pos = p[:, None] * channels + c[None, :]
+    line_elems = line_len * channels
+
+    q_self = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)  # w_self[t+1, p] * a[t+1, p]
+    for step in range(0, num_lines):
+        t = num_lines - 1 - step  # line index in scan order, visited last to first
+        line = tl.where(reverse, num_lines - 1 - t, t)
+        cell = grid_base + line * line_step + pos_offset
+        z_off = cell[:, None] * channels + c[None, :]
+        g_off = cell[:, None] * g_stride + field_offset
+        z = tl.load(z_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
+        lam = tl.load(g_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(g_ptr + g_off + channels, mask=mask, other=0.0).to(tl.float32)
+        wt_prev = tl.load(g_ptr + g_off + 2 * channels, mask=mask, other=0.0).to(tl.float32)
+        wt_self = tl.load(g_ptr + g_off + 3 * channels, mask=mask, other=0.0).to(tl.float32)
+        wt_next = tl.load(g_ptr + g_off + 4 * channels, mask=mask, other=0.0).to(tl.float32)
+        this_line = state_base + t * line_elems + line_pos
+        h = tl.load(this_line, mask=mask, other=0.0)
+        has_line_before = t > 0
+        h_left = tl.load(this_line - line_elems - channels, mask=mask_prev & has_line_before, other=0.0)
+        h_mid = tl.load(this_line - line_elems, mask=mask & has_line_before, other=0.0)
+        h_right = tl.load(this_line - line_elems + channels, mask=mask_next & has_line_before, other=0.0)
+
+        # adjoint a = dL/dh[t]: own output plus what line t+1 drew from p (slot of step - 1)
+        read_slot = carry_base + ((step + 1) % 2) * 2 * carry_line_elems + line_pos
+        from_right = tl.load(read_slot + channels, mask=mask_next & (step > 0), other=0.0)  # q_prev[t+1, p+1]
+        from_left = tl.load(read_slot + carry_line_elems - channels, mask=mask_prev & (step > 0), other=0.0)
+        adj = dy * u + q_self + from_right + from_left
+
+        gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
+        gate_self = _sigmoid(wt_self)
+        gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
+        total = gate_prev + gate_self + gate_next
+        norm = tl.maximum(total, WEIGHT_EPS)
+        w_prev = gate_prev / norm
+        w_self = gate_self / norm
+        w_next = gate_next / norm
+
+        write_slot = carry_base + (step % 2) * 2 * carry_line_elems + line_pos
+        tl.store(write_slot, w_prev * adj, mask=mask)
+        tl.store(write_slot + carry_line_elems, w_next * adj, mask=mask)
+        q_self = w_self * adj
+
+        # weights: w_k = gate_k / max(sum gates, eps); gate_k = sigmoid(logit_k) where valid
+        dw_prev = adj * h_left
+        dw_self = adj * h_mid
+        dw_next = adj * h_right
+        d_norm = -(dw_prev * w_prev + dw_self * w_self + dw_next * w_next) / norm
+        d_total = tl.where(total >= WEIGHT_EPS, d_norm, 0.0)
+        d_prev = tl.where(has_prev, (dw_prev / norm + d_total) * gate_prev * (1.0 - gate_prev), 0.0)
+        d_self = (dw_self / norm + d_total) * gate_self * (1.0 - gate_self)
+        d_next = tl.where(has_next, (dw_next / norm + d_total) * gate_next * (1.0 - gate_next), 0.0)
+
+        dg_row = dg_ptr + g_off
+        out_ty = dg_ptr.dtype.element_ty
+        tl.store(dg_row, (adj * z).to(out_ty), mask=mask)
+        tl.store(dg_row + channels, (dy * h).to(out_ty), mask=mask)
+        tl.store(dg_row + 2 * channels, d_prev.to(out_ty), mask=mask)
+        tl.store(dg_row + 3 * channels, d_self.to(out_ty), mask=mask)
+        tl.store(dg_row + 4 * channels, d_next.to(out_ty), mask=mask)
+        tl.store(dz_base + z_off, adj * lam, mask=mask)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _merge_directions_kernel(partial_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    """out = (p_TD + p_BU) + (p_LR + p_RL), cast to out's dtype (the reference's order)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    td = tl.load(partial_ptr + offs, mask=mask, other=0.0)
+    bu = tl.load(partial_ptr + numel + offs, mask=mask, other=0.0)
+    lr = tl.load(partial_ptr + 2 * numel + offs, mask=mask, other=0.0)
+    rl = tl.load(partial_ptr + 3 * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, ((td + bu) + (lr + rl)).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def launch_config(height: int, width: int, channels: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_C, num_warps): the whole line in one block, about 4096 elements a tile."""
+    block_m = triton.next_power_of_2(max(height, width))
+    block_c = max(1, min(triton.next_power_of_2(channels), 4096 // block_m))
+    block_c = max(block_c, min(8, triton.next_power_of_2(channels)))  # 16-byte bf16 segments
+    num_warps = 8 if block_m * block_c >= 4096 else 4
+    return block_m, block_c, num_warps
+
+
+def _merge(partials: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(like)
+    numel = like.numel()
+    block = 1024
+    _merge_directions_kernel[(triton.cdiv(numel, block),)](partials, out, numel, BLOCK=block, num_warps=4)
+    return out
+
+
+def _propagate_fwd(
+    z: torch.Tensor, g: torch.Tensor, save_states: bool, config: tuple[int, int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward launch. Returns (Y, states); states is (4, B, H*W, Cc) float32 or empty."""
+    z, g = z.contiguous(), g.contiguous()
+    batch, height, width, channels = z.shape
+    block_m, block_c, num_warps = config or launch_config(height, width, channels)
+    partials = torch.empty((NUM_DIRECTIONS, *z.shape), device=z.device, dtype=torch.float32)
+    if save_states:
+        states = torch.empty((NUM_DIRECTIONS, batch, height * width, channels), device=z.device, dtype=torch.float32)
+        buffer, ring = states, 0
+    else:
+        states = z.new_empty((0,), dtype=torch.float32)
+        buffer = torch.empty(
+            (NUM_DIRECTIONS, batch, 2, max(height, width), channels), device=z.device, dtype=torch.float32
+        )
+        ring = 2
+    grid = (triton.cdiv(channels, block_c), NUM_DIRECTIONS, batch)
+    _propagate_fwd_kernel[grid](
+        z,
+        g,
+        partials,
+        buffer,
+        batch,
+        height,
+        width,
+        channels,
+        z.numel(),
+        buffer.stride(0),
+        buffer.stride(1),
+        RING=ring,
+        BLOCK_M=block_m,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
+    )
+    return _merge(partials, z), states
+
+
+def _propagate_bwd(
+    dy: torch.Tensor,
+    z: torch.Tensor,
+    g: torch.Tensor,
+    states: torch.Tensor,
+    config: tuple[int, int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward launch from the saved states. Returns (dZ, dG) in the input dtype."""
+    z, g, dy = z.contiguous(), g.contiguous(), dy.contiguous().to(z.dtype)
+    batch, height, width, channels = z.shape
+    block_m, block_c, num_warps = config or launch_config(height, width, channels)
+    carry_line = max(height, width) * channels
+    carry = torch.empty((NUM_DIRECTIONS, batch, 2, 2, carry_line), device=z.device, dtype=torch.float32)
+    dz_partials = torch.empty((NUM_DIRECTIONS, *z.shape), device=z.device, dtype=torch.float32)
+    dg = torch.empty_like(g)
+    grid = (triton.cdiv(channels, block_c), NUM_DIRECTIONS, batch)
+    _propagate_bwd_kernel[grid](
+        z,
+        g,
+        dy,
+        states,
+        carry,
+        dz_partials,
+        dg,
+        batch,
+        height,
+        width,
+        channels,
+        z.numel(),
+        carry_line,
+        BLOCK_M=block_m,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
+    )
+    return _merge(dz_partials, z), dg
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library ops and autograd
+# ---------------------------------------------------------------------------------------------
+
+_registered: dict[str, SimpleNamespace] = {}
+
+
+def register_ops(namespace: str = DEFAULT_NAMESPACE) -> SimpleNamespace:
+    """Register ``<namespace>::propagate_fwd`` / ``propagate_bwd`` (once) and return the ops.
+
+    The returned namespace has ``propagate_fwd``, ``propagate_bwd`` (the custom ops) and
+    ``propagate(z, g)`` (differentiable, ``torch.compile``-friendly).
+    """
+    if namespace in _registered:
+        return _registered[namespace]
+
+    @torch.library.custom_op(f"{namespace}::propagate_fwd", mutates_args=())
+    def propagate_fwd(z: torch.Tensor, g: torch.Tensor, save_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return _propagate_fwd(z, g, save_states)
+
+    @propagate_fwd.register_fake
+    def _(z, g, save_states):
+        batch, height, width, channels = z.shape
+        shape = (NUM_DIRECTIONS, batch, height * width, channels) if save_states else (0,)
+        return torch.empty_like(z, memory_format=torch.contiguous_format), z.new_empty(shape, dtype=torch.float32)
+
+    @torch.library.custom_op(f"{namespace}::propagate_bwd", mutates_args=())
+    def propagate_bwd(
+        dy: torch.Tensor, z: torch.Tensor, g: torch.Tensor, states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if states.numel() == 0:  # forward ran without saving: recompute the states
+            states = _propagate_fwd(z, g, True)[1]
+        return _propagate_bwd(dy, z, g, states)
+
+    @propagate_bwd.register_fake
+    def _(dy, z, g, states):
+        return (
+            torch.empty_like(z, memory_format=torch.contiguous_format),
+            torch.empty_like(g, memory_format=torch.contiguous_format),
+        )
+
+    register_autograd(propagate_fwd, propagate_bwd)
+    ops = SimpleNamespace(
+        propagate_fwd=propagate_fwd,
+        propagate_bwd=propagate_bwd,
+        propagate=make_propagate(propagate_fwd),
+    )
+    _registered[namespace] = ops
+    return ops
+
+
+def register_autograd(propagate_fwd, propagate_bwd) -> None:
+    """Attach the reverse-scan backward to a ``propagate_fwd(z, g, save_states)`` op."""
+
+    def setup_context(ctx, inputs, output):
+        z, g, _ = inputs
+        ctx.save_for_backward(z, g, output[1])
+
+    def backward(ctx, grad_y, _grad_states):
+        z, g, states = ctx.saved_tensors
+        grad_z, grad_g = propagate_bwd(grad_y.contiguous(), z, g, states)
+        return grad_z, grad_g, None
+
+    torch.library.register_autograd(propagate_fwd, backward, setup_context=setup_context)
+
+
+def make_propagate(propagate_fwd) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``propagate(z, g)`` over a forward op: saves the states only when a gradient is needed."""
+
+    def propagate(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """C-GSPN propagation ``Y = propagate(Z, G)`` (see ``cgspn.propagation_reference``)."""
+        save_states = torch.is_grad_enabled() and (z.requires_grad or g.requires_grad)
+        return propagate_fwd(z.contiguous(), g.contiguous(), save_states)[0]
+
+    return propagate
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend entry point for cgspn.propagation
+# ---------------------------------------------------------------------------------------------
+
+
+def interpreter_enabled() -> bool:
+    """Whether Triton runs its CPU interpreter (``TRITON_INTERPRET=1`` before import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def load_backend(name: str = "triton") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The ``triton`` propagate function for :mod:`cgspn.propagation`, or BackendUnavailableError."""
+    from cgspn.propagation import BackendUnavailableError
+
+    if name != "triton":
+        raise BackendUnavailableError(f"cgspn.ops.triton provides the 'triton' backend, not {name!r}")
+    if not (torch.cuda.is_available() or interpreter_enabled()):
+        raise BackendUnavailableError(
+            "Propagation backend 'triton' needs a CUDA device (none found; torch.cuda.is_available() is False), "
+            "or TRITON_INTERPRET=1 set before import for Triton's CPU interpreter"
+        )
+    return register_ops(DEFAULT_NAMESPACE).propagate
