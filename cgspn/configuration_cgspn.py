@@ -13,6 +13,19 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 PROPAGATION_BACKENDS = ("auto", "hub", "cuda", "triton", "torch")
 POOLINGS = ("map", "cls", "mean")
 SEGMENTATION_HEADS = ("linear", "multiscale")
+# Written into every saved config so a folder loads as `trust_remote_code` hub code with each Auto class.
+VISION_AUTO_MAP = {
+    "AutoConfig": "configuration_cgspn.CGSPNVisionConfig",
+    "AutoModel": "modeling_cgspn.CGSPNVisionModel",
+    "AutoModelForImageClassification": "modeling_cgspn.CGSPNForImageClassification",
+    "AutoModelForSemanticSegmentation": "modeling_cgspn.CGSPNForSemanticSegmentation",
+    "AutoBackbone": "modeling_cgspn.CGSPNBackbone",
+}
+CLIP_AUTO_MAP = {
+    "AutoConfig": "configuration_cgspn.CGSPNConfig",
+    "AutoModel": "modeling_cgspn.CGSPNModel",
+    "AutoModelForZeroShotImageClassification": "modeling_cgspn.CGSPNModel",
+}
 
 
 @strict
@@ -117,6 +130,7 @@ class CGSPNVisionConfig(BackboneConfigMixin, PreTrainedConfig):
         if self.propagation_channels is None:
             self.propagation_channels = max(1, self.hidden_size // 18)
         self.attention_layer_indices = sorted(set(self.attention_layer_indices or []))
+        self.auto_map = {**VISION_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
@@ -204,6 +218,10 @@ class CGSPNConfig(PreTrainedConfig):
     logit_scale_init_value: float = math.log(10.0)
     logit_bias_init_value: float | None = -10.0
     initializer_factor: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.auto_map = {**CLIP_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def validate_architecture(self):
         """Reject towers whose embeddings cannot be compared (called at construction by `@strict`)."""
