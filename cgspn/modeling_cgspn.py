@@ -301,7 +301,7 @@ class CGSPNPreTrainedModel(PreTrainedModel):
             initialization.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 initialization.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm) or isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
             initialization.ones_(module.weight)
             initialization.zeros_(module.bias)
         elif isinstance(module, nn.MultiheadAttention):
