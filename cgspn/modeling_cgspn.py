@@ -642,6 +642,8 @@ class CGSPNModel(CGSPNPreTrainedModel):
     ) -> CGSPNOutput | tuple:
         if input_ids is None or pixel_values is None:
             raise ValueError("CGSPNModel needs both input_ids and pixel_values; use get_*_features for one tower")
+        if input_ids.shape[0] == 0 or pixel_values.shape[0] == 0:
+            raise ValueError("CGSPNModel needs at least one text and one image (got an empty batch)")
         return_dict = self.config.return_dict if return_dict is None else return_dict
         vision_outputs = self.get_image_features(
             pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
