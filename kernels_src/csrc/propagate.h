@@ -1,0 +1,47 @@
+// C-GSPN propagation (SPEC §3): parameters and launchers shared by the .cu files and the API.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace cgspn {
+
+constexpr int kDirections = 4;
+constexpr int kFields = 5;  // lambda, u, wt_prev, wt_self, wt_next
+constexpr float kWeightEps = 1e-6f;
+
+// All tensors contiguous. z, dy: (B, H, W, C); g, dg: (B, H, W, 20*C) in the input dtype;
+// partial, dz_partial: (4, B*H*W*C) float32; states: (4, B, H*W, C) float32, line-major per
+// direction (line t, position p), or null when the forward does not keep them.
+struct PropagateParams {
+  const void* z = nullptr;
+  const void* g = nullptr;
+  const void* dy = nullptr;
+  const float* states_in = nullptr;
+  float* states_out = nullptr;
+  float* partial = nullptr;
+  void* dg = nullptr;
+  int batch = 0;
+  int height = 0;
+  int width = 0;
+  int channels = 0;
+  int64_t numel = 0;  // B*H*W*C
+};
+
+// Launch geometry chosen by the host: block (lanes, position threads), PPT positions a thread.
+struct LaunchShape {
+  int vec = 1;       // channels a thread (16-byte loads when the dtype and C allow)
+  int lanes = 1;     // threads along channels
+  int threads_p = 1; // threads along the line
+  int ppt = 1;       // positions a thread (template: 1 or 8)
+};
+
+enum class DType { kFloat32, kBFloat16, kFloat16 };
+
+void launch_propagate_fwd(const PropagateParams& params, const LaunchShape& shape, DType dtype, cudaStream_t stream);
+void launch_propagate_bwd(const PropagateParams& params, const LaunchShape& shape, DType dtype, cudaStream_t stream);
+// out (numel, dtype) = (p0 + p1) + (p2 + p3) for partials (4, numel) float32
+void launch_merge_directions(const float* partials, void* out, int64_t numel, DType dtype, cudaStream_t stream);
+
+}  // namespace cgspn

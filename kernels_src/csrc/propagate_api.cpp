@@ -1,0 +1,168 @@
+// Host side of the C-GSPN propagation ops: checks, allocation, launch shape and dispatch.
+#include "propagate_api.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+
+#include "propagate.h"
+
+namespace cgspn {
+
+void launch_propagate_fwd_fp32(const PropagateParams&, const LaunchShape&, cudaStream_t);
+void launch_propagate_fwd_bf16(const PropagateParams&, const LaunchShape&, cudaStream_t);
+void launch_propagate_fwd_fp16(const PropagateParams&, const LaunchShape&, cudaStream_t);
+void launch_propagate_bwd_fp32(const PropagateParams&, const LaunchShape&, cudaStream_t);
+void launch_propagate_bwd_bf16(const PropagateParams&, const LaunchShape&, cudaStream_t);
+void launch_propagate_bwd_fp16(const PropagateParams&, const LaunchShape&, cudaStream_t);
+void launch_merge_directions_fp32(const float*, void*, int64_t, cudaStream_t);
+void launch_merge_directions_bf16(const float*, void*, int64_t, cudaStream_t);
+void launch_merge_directions_fp16(const float*, void*, int64_t, cudaStream_t);
+
+namespace {
+
+#define CHECK_SHAPE(x, ...) \
+  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
+
+int next_pow2(int x) {
+  int p = 1;
+  while (p < x) p *= 2;
+  return p;
+}
+
+// Channel block of 32 bytes (one sector) per position, 16-byte loads when C allows it; the
+// whole line across the block's position threads (1 position a thread up to 1024 threads).
+LaunchShape choose_shape(int height, int width, int channels, at::ScalarType dtype) {
+  const int elem = static_cast<int>(c10::elementSize(dtype));
+  const int full_vec = 16 / elem;
+  LaunchShape shape;
+  shape.vec = channels % full_vec == 0 ? full_vec : 1;
+  const int block_channels = std::min(next_pow2(channels), shape.vec == 1 ? 8 : 32 / elem);
+  shape.lanes = std::max(1, block_channels / shape.vec);
+  const int len = std::max(height, width);
+  shape.ppt = len * shape.lanes <= 1024 ? 1 : 8;
+  const int threads_p = (len + shape.ppt - 1) / shape.ppt;
+  const int threads = ((threads_p * shape.lanes + 31) / 32) * 32;
+  shape.threads_p = threads / shape.lanes;
+  TORCH_CHECK(shape.lanes * shape.threads_p <= 1024, "propagate: lines of ", len,
+              " positions are longer than this kernel supports (", 8 * 1024 / shape.lanes, ")");
+  return shape;
+}
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kHalf: return DType::kFloat16;
+    default: TORCH_CHECK(false, "propagate: dtype must be float32, bfloat16 or float16, got ", t);
+  }
+  return DType::kFloat32;
+}
+
+void check_inputs(const at::Tensor& z, const at::Tensor& g) {
+  TORCH_CHECK(z.is_cuda() && g.is_cuda(), "propagate: Z and G must be CUDA tensors");
+  TORCH_CHECK(z.dim() == 4, "propagate: Z must be (B, H, W, Cc), got ", z.sizes());
+  TORCH_CHECK(z.scalar_type() == g.scalar_type(), "propagate: Z and G must share a dtype");
+  TORCH_CHECK(z.device() == g.device(), "propagate: Z and G must be on one device");
+  const auto B = z.size(0), H = z.size(1), W = z.size(2), C = z.size(3);
+  CHECK_SHAPE(g, B, H, W, 20 * C);
+  TORCH_CHECK(B > 0 && H > 0 && W > 0 && C > 0, "propagate: empty input ", z.sizes());
+  TORCH_CHECK(B <= 65535, "propagate: batch must be at most 65535");
+}
+
+}  // namespace
+
+void launch_propagate_fwd(const PropagateParams& p, const LaunchShape& s, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32: launch_propagate_fwd_fp32(p, s, stream); break;
+    case DType::kBFloat16: launch_propagate_fwd_bf16(p, s, stream); break;
+    case DType::kFloat16: launch_propagate_fwd_fp16(p, s, stream); break;
+  }
+}
+
+void launch_propagate_bwd(const PropagateParams& p, const LaunchShape& s, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32: launch_propagate_bwd_fp32(p, s, stream); break;
+    case DType::kBFloat16: launch_propagate_bwd_bf16(p, s, stream); break;
+    case DType::kFloat16: launch_propagate_bwd_fp16(p, s, stream); break;
+  }
+}
+
+void launch_merge_directions(const float* partials, void* out, int64_t numel, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32: launch_merge_directions_fp32(partials, out, numel, stream); break;
+    case DType::kBFloat16: launch_merge_directions_bf16(partials, out, numel, stream); break;
+    case DType::kFloat16: launch_merge_directions_fp16(partials, out, numel, stream); break;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> propagate_fwd(const at::Tensor& z_in, const at::Tensor& g_in, bool save_states) {
+  check_inputs(z_in, g_in);
+  const at::cuda::CUDAGuard guard(z_in.device());
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor g = g_in.contiguous();
+  const int B = z.size(0), H = z.size(1), W = z.size(2), C = z.size(3);
+  const DType dtype = to_dtype(z.scalar_type());
+  const auto f32 = z.options().dtype(at::kFloat);
+  at::Tensor partial = at::empty({kDirections, B, H, W, C}, f32);
+  at::Tensor states = save_states ? at::empty({kDirections, B, H * W, C}, f32) : at::empty({0}, f32);
+  at::Tensor y = at::empty_like(z);
+
+  PropagateParams p;
+  p.z = z.data_ptr();
+  p.g = g.data_ptr();
+  p.partial = partial.data_ptr<float>();
+  p.states_out = save_states ? states.data_ptr<float>() : nullptr;
+  p.batch = B;
+  p.height = H;
+  p.width = W;
+  p.channels = C;
+  p.numel = z.numel();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  launch_propagate_fwd(p, choose_shape(H, W, C, z.scalar_type()), dtype, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_merge_directions(partial.data_ptr<float>(), y.data_ptr(), p.numel, dtype, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {y, states};
+}
+
+std::tuple<at::Tensor, at::Tensor> propagate_bwd(const at::Tensor& dy_in, const at::Tensor& z_in,
+                                                 const at::Tensor& g_in, const at::Tensor& states_in) {
+  check_inputs(z_in, g_in);
+  TORCH_CHECK(dy_in.sizes() == z_in.sizes(), "propagate_bwd: dY must have the shape of Z");
+  const at::cuda::CUDAGuard guard(z_in.device());
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor g = g_in.contiguous();
+  const at::Tensor dy = dy_in.to(z.scalar_type()).contiguous();
+  const int B = z.size(0), H = z.size(1), W = z.size(2), C = z.size(3);
+  at::Tensor states = states_in.numel() == 0 ? std::get<1>(propagate_fwd(z, g, true)) : states_in.contiguous();
+  CHECK_SHAPE(states, kDirections, B, H * W, C);
+  TORCH_CHECK(states.scalar_type() == at::kFloat, "propagate_bwd: states must be float32");
+  const DType dtype = to_dtype(z.scalar_type());
+  at::Tensor dz_partial = at::empty({kDirections, B, H, W, C}, z.options().dtype(at::kFloat));
+  at::Tensor dz = at::empty_like(z);
+  at::Tensor dg = at::empty_like(g);
+
+  PropagateParams p;
+  p.z = z.data_ptr();
+  p.g = g.data_ptr();
+  p.dy = dy.data_ptr();
+  p.states_in = states.data_ptr<float>();
+  p.partial = dz_partial.data_ptr<float>();
+  p.dg = dg.data_ptr();
+  p.batch = B;
+  p.height = H;
+  p.width = W;
+  p.channels = C;
+  p.numel = z.numel();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  launch_propagate_bwd(p, choose_shape(H, W, C, z.scalar_type()), dtype, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_merge_directions(dz_partial.data_ptr<float>(), dz.data_ptr(), p.numel, dtype, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {dz, dg};
+}
+
+}  // namespace cgspn

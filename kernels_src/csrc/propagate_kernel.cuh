@@ -1,0 +1,352 @@
+// C-GSPN propagation kernels (SPEC §3), templated on dtype T, channels a thread VEC and
+// positions a thread PPT. One block scans all lines of one (channel block, direction, batch):
+// the float32 state of a whole line lives in registers (each thread: PPT positions x VEC
+// channels), the neighbour exchange h[t-1, p +- 1] goes through shared memory (two line slots,
+// one barrier a line), and each direction writes a float32 partial merged afterwards in a
+// fixed order (deterministic, no atomics).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "propagate.h"
+
+namespace cgspn {
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec(const T* ptr, float (&out)[VEC]) {
+  const Pack<T, VEC> pack = *reinterpret_cast<const Pack<T, VEC>*>(ptr);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) out[i] = to_float(pack.v[i]);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_vec(T* ptr, const float (&in)[VEC]) {
+  Pack<T, VEC> pack;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) pack.v[i] = from_float<T>(in[i]);
+  *reinterpret_cast<Pack<T, VEC>*>(ptr) = pack;
+}
+
+template <int VEC>
+__device__ __forceinline__ void zero(float (&x)[VEC]) {
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) x[i] = 0.f;
+}
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
+// Direction d turns the grid into lines (SPEC §3 table): TD/BU scan rows, LR/RL columns.
+struct LineGeometry {
+  int num_lines;
+  int line_len;
+  int64_t line_step;  // grid cells between consecutive lines
+  int64_t pos_step;   // grid cells between consecutive positions of a line
+  bool reverse;
+
+  __device__ LineGeometry(int direction, int height, int width) {
+    const bool column = direction >= 2;
+    num_lines = column ? width : height;
+    line_len = column ? height : width;
+    line_step = column ? 1 : width;
+    pos_step = column ? width : 1;
+    reverse = direction & 1;
+  }
+
+  // grid cell (b, i, j) of position pos on the t-th line scanned
+  __device__ __forceinline__ int64_t cell(int64_t grid_base, int t, int pos) const {
+    const int line = reverse ? num_lines - 1 - t : t;
+    return grid_base + line * line_step + pos * pos_step;
+  }
+};
+
+template <int VEC>
+struct Fields {
+  float z[VEC], lam[VEC], u[VEC], wt_prev[VEC], wt_self[VEC], wt_next[VEC];
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void load_fields(const T* z, const T* g, int64_t cell, int channels, int direction, int c0,
+                                            Fields<VEC>& f) {
+  load_vec<T, VEC>(z + cell * channels + c0, f.z);
+  const T* row = g + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
+  load_vec<T, VEC>(row, f.lam);
+  load_vec<T, VEC>(row + channels, f.u);
+  load_vec<T, VEC>(row + 2 * channels, f.wt_prev);
+  load_vec<T, VEC>(row + 3 * channels, f.wt_self);
+  load_vec<T, VEC>(row + 4 * channels, f.wt_next);
+}
+
+// Row-stochastic neighbour weights of one element (invalid neighbours get gate 0).
+struct Weights {
+  float gate_prev, gate_self, gate_next, total, norm;
+  __device__ __forceinline__ Weights(float wt_prev, float wt_self, float wt_next, bool has_prev, bool has_next) {
+    gate_prev = has_prev ? sigmoid(wt_prev) : 0.f;
+    gate_self = sigmoid(wt_self);
+    gate_next = has_next ? sigmoid(wt_next) : 0.f;
+    total = gate_prev + gate_self + gate_next;
+    norm = total >= kWeightEps ? total : kWeightEps;
+  }
+};
+
+template <typename T, int VEC, int PPT>
+__global__ void __launch_bounds__(1024) propagate_fwd_kernel(const PropagateParams p) {
+  extern __shared__ float smem[];  // [2 slots][PPT * blockDim.y positions][channel block]
+  const int lanes = blockDim.x;
+  const int cb = lanes * VEC;
+  const int slots = blockDim.y * PPT;
+  const int c0 = blockIdx.x * cb + threadIdx.x * VEC;
+  const int direction = blockIdx.y;
+  const int b = blockIdx.z;
+  const LineGeometry geo(direction, p.height, p.width);
+  const int len = geo.line_len;
+  const bool c_ok = c0 < p.channels;
+  const T* z = static_cast<const T*>(p.z);
+  const T* g = static_cast<const T*>(p.g);
+  const int64_t grid_base = static_cast<int64_t>(b) * p.height * p.width;
+  float* partial = p.partial + direction * p.numel;
+  float* states = p.states_out == nullptr
+                      ? nullptr
+                      : p.states_out + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * p.channels;
+
+  float h[PPT][VEC];
+  Fields<VEC> cur[PPT], nxt[PPT];
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) {
+    zero(h[k]);
+    const int pos = threadIdx.y + k * blockDim.y;
+    if (c_ok && pos < len) load_fields<T, VEC>(z, g, geo.cell(grid_base, 0, pos), p.channels, direction, c0, cur[k]);
+  }
+
+  for (int t = 0; t < geo.num_lines; ++t) {
+    if (t + 1 < geo.num_lines) {  // prefetch the next line while this one is computed
+#pragma unroll
+      for (int k = 0; k < PPT; ++k) {
+        const int pos = threadIdx.y + k * blockDim.y;
+        if (c_ok && pos < len)
+          load_fields<T, VEC>(z, g, geo.cell(grid_base, t + 1, pos), p.channels, direction, c0, nxt[k]);
+      }
+    }
+    const float* prev_line = smem + ((t + 1) & 1) * slots * cb;
+    float* this_line = smem + (t & 1) * slots * cb;
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+      const int pos = threadIdx.y + k * blockDim.y;
+      if (!c_ok || pos >= len) continue;
+      const bool has_prev = pos >= 1;
+      const bool has_next = pos + 1 < len;
+      float left[VEC], right[VEC], out[VEC];
+      zero(left);
+      zero(right);
+      const int lane_off = threadIdx.x * VEC;
+      if (t > 0) {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          if (has_prev) left[v] = prev_line[(pos - 1) * cb + lane_off + v];
+          if (has_next) right[v] = prev_line[(pos + 1) * cb + lane_off + v];
+        }
+      }
+      const Fields<VEC>& f = cur[k];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        const Weights w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
+        const float hv = (w.gate_prev / w.norm) * left[v] + (w.gate_self / w.norm) * h[k][v] +
+                         (w.gate_next / w.norm) * right[v] + f.lam[v] * f.z[v];
+        h[k][v] = hv;
+        out[v] = f.u[v] * hv;
+        this_line[pos * cb + lane_off + v] = hv;
+      }
+      const int64_t cell = geo.cell(grid_base, t, pos);
+      store_vec<float, VEC>(partial + cell * p.channels + c0, out);
+      if (states != nullptr) store_vec<float, VEC>(states + (static_cast<int64_t>(t) * len + pos) * p.channels + c0, h[k]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) cur[k] = nxt[k];
+  }
+}
+
+template <typename T, int VEC, int PPT>
+__global__ void __launch_bounds__(1024) propagate_bwd_kernel(const PropagateParams p) {
+  // [2 slots][q_prev, q_next][positions][channel block]: what line t+1 drew from each position
+  extern __shared__ float smem[];
+  const int lanes = blockDim.x;
+  const int cb = lanes * VEC;
+  const int slots = blockDim.y * PPT;
+  const int c0 = blockIdx.x * cb + threadIdx.x * VEC;
+  const int lane_off = threadIdx.x * VEC;
+  const int direction = blockIdx.y;
+  const int b = blockIdx.z;
+  const LineGeometry geo(direction, p.height, p.width);
+  const int len = geo.line_len;
+  const int channels = p.channels;
+  const bool c_ok = c0 < channels;
+  const T* z = static_cast<const T*>(p.z);
+  const T* g = static_cast<const T*>(p.g);
+  const T* dy_ptr = static_cast<const T*>(p.dy);
+  T* dg = static_cast<T*>(p.dg);
+  const int64_t grid_base = static_cast<int64_t>(b) * p.height * p.width;
+  float* dz_partial = p.partial + direction * p.numel;
+  const float* states =
+      p.states_in + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * channels;
+  const int64_t line_elems = static_cast<int64_t>(len) * channels;
+
+  float q_self[PPT][VEC];
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) zero(q_self[k]);
+
+  for (int step = 0; step < geo.num_lines; ++step) {
+    const int t = geo.num_lines - 1 - step;
+    const float* read_slot = smem + ((step + 1) & 1) * 2 * slots * cb;
+    float* write_slot = smem + (step & 1) * 2 * slots * cb;
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+      const int pos = threadIdx.y + k * blockDim.y;
+      if (!c_ok || pos >= len) continue;
+      const bool has_prev = pos >= 1;
+      const bool has_next = pos + 1 < len;
+      const int64_t cell = geo.cell(grid_base, t, pos);
+      Fields<VEC> f;
+      load_fields<T, VEC>(z, g, cell, channels, direction, c0, f);
+      float dy[VEC], h[VEC], left[VEC], mid[VEC], right[VEC], from_right[VEC], from_left[VEC];
+      load_vec<T, VEC>(dy_ptr + cell * channels + c0, dy);
+      const float* state_t = states + t * line_elems + static_cast<int64_t>(pos) * channels + c0;
+      load_vec<float, VEC>(state_t, h);
+      zero(left);
+      zero(mid);
+      zero(right);
+      if (t > 0) {
+        load_vec<float, VEC>(state_t - line_elems, mid);
+        if (has_prev) load_vec<float, VEC>(state_t - line_elems - channels, left);
+        if (has_next) load_vec<float, VEC>(state_t - line_elems + channels, right);
+      }
+      zero(from_right);
+      zero(from_left);
+      if (step > 0) {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          if (has_next) from_right[v] = read_slot[(pos + 1) * cb + lane_off + v];              // q_prev[t+1, p+1]
+          if (has_prev) from_left[v] = read_slot[(slots + pos - 1) * cb + lane_off + v];      // q_next[t+1, p-1]
+        }
+      }
+      float d_lam[VEC], d_u[VEC], d_prev[VEC], d_self[VEC], d_next[VEC], d_z[VEC];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        const float adj = dy[v] * f.u[v] + q_self[k][v] + from_right[v] + from_left[v];
+        const Weights w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
+        const float w_prev = w.gate_prev / w.norm;
+        const float w_self = w.gate_self / w.norm;
+        const float w_next = w.gate_next / w.norm;
+        write_slot[pos * cb + lane_off + v] = w_prev * adj;
+        write_slot[(slots + pos) * cb + lane_off + v] = w_next * adj;
+        q_self[k][v] = w_self * adj;
+        const float dw_prev = adj * left[v];
+        const float dw_self = adj * mid[v];
+        const float dw_next = adj * right[v];
+        const float d_norm = -(dw_prev * w_prev + dw_self * w_self + dw_next * w_next) / w.norm;
+        const float d_total = w.total >= kWeightEps ? d_norm : 0.f;
+        d_prev[v] = has_prev ? (dw_prev / w.norm + d_total) * w.gate_prev * (1.f - w.gate_prev) : 0.f;
+        d_self[v] = (dw_self / w.norm + d_total) * w.gate_self * (1.f - w.gate_self);
+        d_next[v] = has_next ? (dw_next / w.norm + d_total) * w.gate_next * (1.f - w.gate_next) : 0.f;
+        d_lam[v] = adj * f.z[v];
+        d_u[v] = dy[v] * h[v];
+        d_z[v] = adj * f.lam[v];
+      }
+      T* row = dg + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
+      store_vec<T, VEC>(row, d_lam);
+      store_vec<T, VEC>(row + channels, d_u);
+      store_vec<T, VEC>(row + 2 * channels, d_prev);
+      store_vec<T, VEC>(row + 3 * channels, d_self);
+      store_vec<T, VEC>(row + 4 * channels, d_next);
+      store_vec<float, VEC>(dz_partial + cell * channels + c0, d_z);
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T>
+__global__ void merge_directions_kernel(const float* __restrict__ partials, T* __restrict__ out, int64_t numel) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    const float td = partials[i];
+    const float bu = partials[numel + i];
+    const float lr = partials[2 * numel + i];
+    const float rl = partials[3 * numel + i];
+    out[i] = from_float<T>((td + bu) + (lr + rl));
+  }
+}
+
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+template <typename Kernel>
+void launch_scan(Kernel kernel, const PropagateParams& params, const LaunchShape& shape, int ppt, int slot_arrays,
+                 cudaStream_t stream) {
+  const dim3 block(shape.lanes, shape.threads_p);
+  const dim3 grid(ceil_div(params.channels, shape.lanes * shape.vec), kDirections, params.batch);
+  const size_t smem = static_cast<size_t>(2) * slot_arrays * shape.threads_p * ppt * shape.lanes * shape.vec * sizeof(float);
+  if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  kernel<<<grid, block, smem, stream>>>(params);
+}
+
+template <typename T, int VEC>
+void launch_fwd_vec(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+  if (shape.ppt == 1)
+    launch_scan(propagate_fwd_kernel<T, VEC, 1>, params, shape, 1, 1, stream);
+  else
+    launch_scan(propagate_fwd_kernel<T, VEC, 8>, params, shape, 8, 1, stream);
+}
+
+template <typename T, int VEC>
+void launch_bwd_vec(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+  if (shape.ppt == 1)
+    launch_scan(propagate_bwd_kernel<T, VEC, 1>, params, shape, 1, 2, stream);
+  else
+    launch_scan(propagate_bwd_kernel<T, VEC, 8>, params, shape, 8, 2, stream);
+}
+
+// Explicit per-dtype entry points (one .cu file each instantiates one dtype).
+template <typename T>
+void launch_fwd_typed(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (shape.vec == kVec)
+    launch_fwd_vec<T, kVec>(params, shape, stream);
+  else
+    launch_fwd_vec<T, 1>(params, shape, stream);
+}
+
+template <typename T>
+void launch_bwd_typed(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (shape.vec == kVec)
+    launch_bwd_vec<T, kVec>(params, shape, stream);
+  else
+    launch_bwd_vec<T, 1>(params, shape, stream);
+}
+
+template <typename T>
+void launch_merge_typed(const float* partials, void* out, int64_t numel, cudaStream_t stream) {
+  const int threads = 256;
+  const int64_t blocks = (numel + threads - 1) / threads;
+  const int grid = static_cast<int>(blocks < 65536 ? blocks : 65536);
+  merge_directions_kernel<T><<<grid, threads, 0, stream>>>(partials, static_cast<T*>(out), numel);
+}
+
+}  // namespace cgspn

@@ -1,0 +1,24 @@
+"""C-GSPN propagation kernel (Hugging Face kernels layout).
+
+``propagate(z, g)``: fused 4-direction spatial propagation, Z (B, H, W, Cc) and G
+(B, H, W, 20*Cc) channels-last, Y (B, H, W, Cc) in the input dtype, differentiable and
+``torch.compile``-friendly. ``propagate_fwd`` / ``propagate_bwd`` are the raw ops, registered
+under this build's own namespace (``add_op_namespace_prefix``); ``BACKEND`` says whether this
+variant is the compiled CUDA kernel (``"cuda"``) or the Triton one (``"triton"``).
+``layers.CGSPNPropagation`` is the layer ``kernels.kernelize`` swaps into a C-GSPN model.
+"""
+
+from __future__ import annotations
+
+from . import layers
+from ._autograd import make_propagate, register_fake_and_autograd
+from ._ops import BACKEND, add_op_namespace_prefix, ops
+
+if BACKEND == "cuda":  # the Triton variant registers its fake and autograd itself
+    register_fake_and_autograd(add_op_namespace_prefix)
+
+propagate_fwd = ops.propagate_fwd
+propagate_bwd = ops.propagate_bwd
+propagate = make_propagate(propagate_fwd)
+
+__all__ = ["BACKEND", "add_op_namespace_prefix", "layers", "propagate", "propagate_bwd", "propagate_fwd"]
