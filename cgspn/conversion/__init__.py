@@ -1,0 +1,36 @@
+"""Conversion of ViT teachers (open_clip, timm-backed SigLIP, transformers SigLIP/CLIP) into C-GSPN models.
+
+* `resolve_teacher` / `open_clip_teacher_spec` / `transformers_teacher_spec`: describe a teacher as a `TeacherSpec`
+  (exact C-GSPN config + explicit key map).
+* `build_model`: a student (propagation layers initialized from the teacher, SPEC §4) or, with every layer kept as
+  attention and the position embeddings kept, an exact reconstruction of the teacher.
+* `load_teacher`: the frozen exact teacher for distillation; `teacher_taps` records its per-block features.
+* `convert` / `main`: the ``cgspn-convert`` command (write a folder, then verify it).
+
+Heavy optional dependencies (open_clip, timm) are imported only when an open_clip teacher is converted.
+"""
+
+from .cli import ConversionReport, convert, main
+from .common import BuildResult, Copy, TeacherSpec, build_model, parse_attention_layers, student_config
+from .init import init_propagation_from_attention, propagation_heads_init, value_output_factors
+from .teacher import load_teacher, resolve_teacher, teacher_taps
+from .transformers import transformers_teacher_spec
+
+__all__ = [
+    "BuildResult",
+    "ConversionReport",
+    "Copy",
+    "TeacherSpec",
+    "build_model",
+    "convert",
+    "init_propagation_from_attention",
+    "load_teacher",
+    "main",
+    "parse_attention_layers",
+    "propagation_heads_init",
+    "resolve_teacher",
+    "student_config",
+    "teacher_taps",
+    "transformers_teacher_spec",
+    "value_output_factors",
+]
