@@ -1,0 +1,14 @@
+#!/bin/bash
+# One GPU-machine run (device tool): install kernels, build the kernel, GPU tests, benchmarks.
+# Everything it writes lands in $OUT (fetched into benchmarks/results/).
+set -o pipefail
+OUT=${OUT:-/tmp/cgspn_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
+python3 -m pip install --no-deps -q .whl/kernels-*.whl || exit 1
+python3 kernels_src/build.py > "$OUT/build.txt" 2>&1 || { tail -40 "$OUT/build.txt"; exit 1; }
+tail -2 "$OUT/build.txt"
+timeout 420 python3 -m pytest -q -n 4 -p no:cacheprovider tests/test_propagation_backends.py tests/test_kernel_hub.py \
+  -rs > "$OUT/gpu_pytest.txt" 2>&1
+tail -12 "$OUT/gpu_pytest.txt"
+python3 benchmarks/bench_propagation.py --out "$OUT/propagation_h100.json" "$@" 2>&1 | tee "$OUT/bench.txt" | tail -30
