@@ -1,0 +1,211 @@
+"""High-level entry points: load models, run stage 1, stage 2 or the high-resolution curriculum.
+
+The CLI (:mod:`cgspn.training.cli`) only parses arguments and calls these; they are equally usable from Python:
+
+```python
+>>> from cgspn.training import TrainingArguments, distill_stage1, load_image_dataset
+>>> args = TrainingArguments(output_dir="out/stage1", max_steps=5000, per_device_batch_size=64)
+>>> distill_stage1(teacher, student, load_image_dataset("data/"), processor, args)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .stages import FeatureTask, SublayerTask, freeze, frozen_copy, student_from_teacher, vision_tower
+from .trainer import DistillationTrainer, TrainingArguments, TrainResult, push_folder_to_hub, write_model_card
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RESOLUTIONS = (378, 518, 756, 1036)
+
+
+def _cgspn_model_type(path: Path) -> str | None:
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    return model_type if model_type.startswith("cgspn") else None
+
+
+def load_cgspn_model(path: str | Path) -> nn.Module:
+    """A saved C-GSPN folder as ``CGSPNModel`` (dual encoder) or ``CGSPNVisionModel`` (vision tower)."""
+    from ..modeling_cgspn import CGSPNModel, CGSPNVisionModel
+
+    path = Path(path)
+    model_type = _cgspn_model_type(path)
+    if model_type is None:
+        raise FileNotFoundError(f"{path} is not a saved C-GSPN model folder (no config.json with a cgspn model_type)")
+    model_class = CGSPNModel if model_type == "cgspn" else CGSPNVisionModel
+    return model_class.from_pretrained(str(path))
+
+
+def load_teacher_model(spec: str | Path | nn.Module) -> nn.Module:
+    """The frozen teacher: a saved C-GSPN folder, or any source ``cgspn.conversion.teacher.load_teacher`` accepts
+    (``open_clip:<name>[:<pretrained>]``, ``hf:<repo>``, a transformers folder)."""
+    if isinstance(spec, nn.Module):
+        return freeze(spec)
+    if _cgspn_model_type(Path(spec)) is not None:
+        return freeze(load_cgspn_model(spec))
+    try:
+        from ..conversion.teacher import load_teacher
+    except ImportError as error:
+        raise ImportError(
+            f"Teacher {spec!r} is not a saved C-GSPN folder, and cgspn.conversion (needed to convert other "
+            f"teachers) cannot be imported: {error}"
+        ) from error
+    return load_teacher(spec)
+
+
+def load_student_model(spec: str | Path | None, teacher: nn.Module) -> nn.Module:
+    """The student to train: a saved C-GSPN folder, or (``None``) one derived from the teacher by copying weights."""
+    if spec is not None:
+        return load_cgspn_model(spec)
+    logger.warning(
+        "No --student given: using a plain copy of the teacher with fresh propagation layers; "
+        "`cgspn convert` gives a better (SVD) initialization"
+    )
+    return student_from_teacher(teacher)
+
+
+def distill_stage1(
+    teacher: nn.Module,
+    student: nn.Module,
+    dataset,
+    args: TrainingArguments,
+    train_layer_norm: bool = False,
+    card_info: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Stage 1 (sublayer-wise MSE) on a dataset of ``pixel_values``."""
+    task = SublayerTask(teacher, student, train_layer_norm, gradient_checkpointing=args.gradient_checkpointing)
+    return DistillationTrainer(task, dataset, args, card_info=card_info).train()
+
+
+def distill_stage2(
+    teacher: nn.Module,
+    student: nn.Module,
+    dataset,
+    args: TrainingArguments,
+    distill_every: int = 9,
+    batch_resolutions: Sequence[int] | None = None,
+    kl_weight: float = 7.0 / 3.0,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    teacher_resolution: int | None = None,
+    card_info: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Stage 2 (end-to-end PP/PB feature distillation) on a dataset of ``pixel_values``."""
+    task = FeatureTask(
+        teacher,
+        student,
+        distill_every=distill_every,
+        teacher_resolution=teacher_resolution,
+        resolutions=batch_resolutions,
+        kl_weight=kl_weight,
+        alpha=alpha,
+        beta=beta,
+        seed=args.seed,
+    )
+    return DistillationTrainer(task, dataset, args, card_info=card_info).train()
+
+
+def _phase_dir(output_dir: str | Path, index: int, resolution: int) -> Path:
+    return Path(output_dir) / f"phase{index}_res{resolution}"
+
+
+def distill_curriculum(
+    teacher: nn.Module | None,
+    student: nn.Module,
+    dataset_for_resolution,
+    args: TrainingArguments,
+    resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
+    batch_resolutions: Sequence[int] | None = None,
+    card_info: dict[str, Any] | None = None,
+    **stage2_options,
+) -> list[TrainResult]:
+    """The high-resolution curriculum (SPEC §4): one stage-2 phase per resolution.
+
+    Phase ``k`` trains the student at ``resolutions[k]`` against a frozen copy of itself as it was at the end of
+    phase ``k-1``, run at ``resolutions[k-1]``, whose PP/PB patch features are bilinearly upsampled. With a
+    ``teacher``, phase 0 is regular stage 2 against it at ``resolutions[0]``; without, the student is taken as
+    already trained at ``resolutions[0]`` and the curriculum starts at ``resolutions[1]``.
+
+    Args:
+        dataset_for_resolution: ``callable(size) -> dataset`` of ``pixel_values`` at ``size``.
+        args: Per-phase training arguments; phase ``k`` writes to ``output_dir/phase<k>_res<r>``. ``args.resume``
+            skips finished phases (reloading their export) and resumes the current one.
+        batch_resolutions: Optional multi-resolution sampling: each phase draws per batch among those of these
+            resolutions that do not exceed its own, plus its own.
+        stage2_options: ``distill_every``, ``kl_weight``, ``alpha``, ``beta``.
+    """
+    resolutions = list(resolutions)
+    if not resolutions or any(r < 1 for r in resolutions):
+        raise ValueError(f"resolutions must be a non-empty list of positive sizes, got {resolutions}")
+    if teacher is None and len(resolutions) < 2:
+        raise ValueError("Without a teacher the curriculum needs at least two resolutions")
+    start = 0 if teacher is not None else 1
+    results = []
+    for index in range(start, len(resolutions)):
+        resolution = resolutions[index]
+        phase_dir = _phase_dir(args.output_dir, index, resolution)
+        if args.resume and (phase_dir / "model.safetensors").is_file():
+            logger.info("Phase %d (%d px) already finished; loading its student", index, resolution)
+            finished = type(student).from_pretrained(str(phase_dir))
+            vision_tower(student).load_state_dict(vision_tower(finished).state_dict())
+            continue
+        if index == 0:
+            phase_teacher, teacher_resolution = teacher, None
+        else:
+            phase_teacher, teacher_resolution = frozen_copy(student), resolutions[index - 1]
+        sampled = sorted({r for r in batch_resolutions or [] if r <= resolution} | {resolution})
+        phase_args = replace(args, output_dir=str(phase_dir), push_to_hub=None)
+        result = distill_stage2(
+            phase_teacher,
+            student,
+            dataset_for_resolution(resolution),
+            phase_args,
+            batch_resolutions=sampled if len(sampled) > 1 else None,
+            teacher_resolution=teacher_resolution,
+            card_info={**(card_info or {}), "resolution": resolution, "phase": index},
+            **stage2_options,
+        )
+        results.append(result)
+        if not result.finished:
+            return results
+    _export_final(student, args, results, card_info, resolutions)
+    return results
+
+
+def _export_final(student, args: TrainingArguments, results, card_info, resolutions) -> None:
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        output_dir = Path(args.output_dir)
+        student.save_pretrained(str(output_dir), safe_serialization=True)
+        losses = [loss for result in results for loss in result.losses]
+        steps = sum(result.global_step for result in results)
+        info = {**(card_info or {}), "resolutions": list(resolutions)}
+        write_model_card(output_dir, "curriculum", args.resolved("stage2"), steps, losses, info)
+        if args.push_to_hub:
+            push_folder_to_hub(output_dir, args.push_to_hub, args.hub_private, args.hub_token)
+    state.wait_for_everyone()
+
+
+__all__ = [
+    "DEFAULT_RESOLUTIONS",
+    "distill_curriculum",
+    "distill_stage1",
+    "distill_stage2",
+    "load_cgspn_model",
+    "load_student_model",
+    "load_teacher_model",
+]

@@ -1,0 +1,448 @@
+"""Accelerate training loop shared by every distillation stage.
+
+Runs unchanged on one CPU, one GPU or under ``accelerate launch`` (DDP, FSDP, DeepSpeed from ``accelerate
+config``): mixed precision, gradient accumulation, AdamW with a warm-up schedule from transformers, tqdm on the
+main process, Accelerate trackers, ``save_state`` checkpoints keeping the last K, bit-exact ``resume`` and a
+``save_pretrained`` export with a model card (tap adaptors are not exported).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+logger = logging.getLogger(__name__)
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # SPEC §4 / paper: stage 1 AdamW lr 4e-5, 300 warm-up steps, linear decay; stage 2 lr 4e-4, cosine, 10k warm-up.
+    "stage1": {"learning_rate": 4e-5, "lr_scheduler": "linear", "warmup_steps": 300},
+    "stage2": {"learning_rate": 4e-4, "lr_scheduler": "cosine", "warmup_steps": 10_000},
+}
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_IGNORE = [f"{CHECKPOINT_DIR}/**", "logs/**", "phase*/**"]
+
+
+class DistillationTask(Protocol):
+    """What the trainer needs from a stage (see :mod:`cgspn.training.stages`)."""
+
+    name: str
+    teacher: nn.Module
+    student_model: nn.Module
+    module: nn.Module
+
+    def loss(self, module: nn.Module, pixel_values: torch.Tensor, step: int, autocast) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch and its detached parts; ``module`` is the prepared ``self.module``."""
+
+
+@dataclass
+class TrainingArguments:
+    """Optimization, checkpointing and export settings. ``None`` fields take the stage's paper default
+    (:data:`STAGE_DEFAULTS`); a default warm-up longer than a tenth of ``max_steps`` is shortened to that."""
+
+    output_dir: str
+    max_steps: int = 1000
+    per_device_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float | None = None
+    lr_scheduler: str | None = None
+    warmup_steps: int | None = None
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_steps: int = 500
+    save_total_limit: int = 3
+    logging_steps: int = 10
+    report_to: str = "auto"
+    resume: bool = False
+    stop_after_steps: int | None = None
+    num_workers: int = 0
+    cpu: bool = False
+    push_to_hub: str | None = None
+    hub_private: bool = False
+    hub_token: str | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        """Raise a clear error for settings that cannot run."""
+        positive = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "logging_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_steps < 0 or self.save_total_limit < 1:
+            raise ValueError("save_steps must be >= 0 (0 = only at the end) and save_total_limit >= 1")
+        if self.lr_scheduler is not None and self.lr_scheduler not in SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ValueError(f"stop_after_steps must be >= 1, got {self.stop_after_steps}")
+
+    def resolved(self, stage: str) -> TrainingArguments:
+        """A copy with the stage defaults filled in."""
+        if stage not in STAGE_DEFAULTS:
+            raise ValueError(f"Unknown stage {stage!r}; expected one of {sorted(STAGE_DEFAULTS)}")
+        values = asdict(self)
+        for name, default in STAGE_DEFAULTS[stage].items():
+            if values[name] is None:
+                values[name] = min(default, self.max_steps // 10) if name == "warmup_steps" else default
+        return TrainingArguments(**values)
+
+
+@dataclass
+class TrainState:
+    """Loop position saved with every checkpoint (registered with ``accelerator.register_for_checkpointing``)."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for name, value in state.items():
+            setattr(self, name, int(value))
+
+
+@dataclass
+class TrainResult:
+    """Summary of a run: steps done, per-step losses (mean over processes), throughput and where things are."""
+
+    global_step: int
+    losses: list[float]
+    images_per_second: float
+    output_dir: str
+    export_dir: str | None = None
+    finished: bool = True
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoints/checkpoint_<i>`` folder of a run, or ``None``."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    candidates = [p for p in folder.glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+", p.name)]
+    return max(candidates, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def _trackers(report_to: str) -> list[str] | None:
+    from accelerate.utils import is_tensorboard_available
+
+    if report_to == "none":
+        return None
+    if report_to == "auto":
+        return ["tensorboard"] if is_tensorboard_available() else None
+    return [name.strip() for name in report_to.split(",") if name.strip()]
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of every block (hooks and taps inside blocks keep their grads)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+class DistillationTrainer:
+    """Trains ``task.module`` on ``dataset`` (items ``{"pixel_values": (3, H, W)}``) and exports the student.
+
+    Args:
+        task: A stage (:class:`~cgspn.training.stages.SublayerTask` or :class:`~cgspn.training.stages.FeatureTask`).
+        dataset: A map-style or iterable torch/``datasets`` dataset of pixel values.
+        args: Training arguments (stage defaults filled in from ``task.name``).
+        collate_fn: Batch collation (default: stack ``pixel_values``).
+        card_info: Extra lines for the model card (teacher, data, ...).
+    """
+
+    def __init__(
+        self,
+        task: DistillationTask,
+        dataset: Dataset | IterableDataset,
+        args: TrainingArguments,
+        collate_fn=None,
+        card_info: dict[str, Any] | None = None,
+    ):
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+        args.validate()
+        self.task = task
+        self.args = args.resolved("stage1" if task.name == "stage1" else "stage2")
+        self.card_info = card_info or {}
+        output_dir = Path(self.args.output_dir)
+        self.accelerator = Accelerator(
+            cpu=self.args.cpu,
+            mixed_precision=self.args.mixed_precision,
+            gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+            log_with=_trackers(self.args.report_to),
+            project_config=ProjectConfiguration(
+                project_dir=str(output_dir),
+                logging_dir=str(output_dir / "logs"),
+                automatic_checkpoint_naming=True,
+                total_limit=self.args.save_total_limit,
+            ),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            # One scheduler step per optimizer step, whatever the number of processes.
+            step_scheduler_with_optimizer=False,
+        )
+        set_seed(self.args.seed)
+        if self.args.gradient_checkpointing and hasattr(task.module, "student"):
+            enable_gradient_checkpointing(task.module.student)
+        self.dataloader = self._dataloader(dataset, collate_fn)
+
+    def _dataloader(self, dataset, collate_fn) -> DataLoader:
+        from .data import collate_pixel_values
+
+        iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__")
+        if not iterable and len(dataset) < self.args.per_device_batch_size * self.accelerator.num_processes:
+            raise ValueError(
+                f"Dataset of {len(dataset)} images is smaller than one global batch "
+                f"({self.args.per_device_batch_size} x {self.accelerator.num_processes} processes)"
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.args.per_device_batch_size,
+            shuffle=not iterable,
+            drop_last=True,
+            collate_fn=collate_fn or collate_pixel_values,
+            num_workers=self.args.num_workers,
+            generator=torch.Generator().manual_seed(self.args.seed),
+        )
+
+    def _optimizer_and_scheduler(self, module: nn.Module):
+        from transformers import get_scheduler
+
+        parameters = [p for p in module.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError(f"{self.task.name}: nothing to train (no parameter requires grad)")
+        args = self.args
+        optimizer = torch.optim.AdamW(
+            parameters,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.weight_decay,
+        )
+        scheduler = get_scheduler(
+            args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=args.max_steps
+        )
+        return optimizer, scheduler
+
+    def _resume(self, state: TrainState) -> None:
+        checkpoint = latest_checkpoint(self.args.output_dir)
+        if checkpoint is None:
+            logger.warning("--resume: no checkpoint under %s; starting from scratch", self.args.output_dir)
+            return
+        self.accelerator.load_state(str(checkpoint))
+        # load_state does not restore the automatic-naming counter: continue after the loaded checkpoint.
+        self.accelerator.project_configuration.iteration = int(checkpoint.name.split("_")[1]) + 1
+        logger.info("Resumed from %s at step %d", checkpoint, state.global_step)
+
+    def train(self) -> TrainResult:
+        """Run until ``max_steps`` (or ``stop_after_steps`` more steps), checkpoint, export, push."""
+        accelerator, args = self.accelerator, self.args
+        optimizer, scheduler = self._optimizer_and_scheduler(self.task.module)
+        module, optimizer, dataloader, scheduler = accelerator.prepare(
+            self.task.module, optimizer, self.dataloader, scheduler
+        )
+        self.task.teacher.to(accelerator.device)
+        state = TrainState()
+        accelerator.register_for_checkpointing(state)
+        if args.resume:
+            self._resume(state)
+        trackers = _trackers(args.report_to)
+        if trackers:
+            config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers(f"cgspn-{self.task.name}", config={**config, "stage": self.task.name})
+        stop_at = args.max_steps
+        if args.stop_after_steps is not None:
+            stop_at = min(stop_at, state.global_step + args.stop_after_steps)
+        losses = self._loop(module, optimizer, dataloader, scheduler, state, stop_at)
+        finished = state.global_step >= args.max_steps
+        if self._last_saved_step != state.global_step:
+            accelerator.save_state()
+        export_dir = self.export(module, state.global_step, losses) if finished else None
+        accelerator.end_training()
+        return TrainResult(
+            global_step=state.global_step,
+            losses=losses,
+            images_per_second=self._throughput,
+            output_dir=args.output_dir,
+            export_dir=export_dir,
+            finished=finished,
+        )
+
+    def _loop(self, module, optimizer, dataloader, scheduler, state: TrainState, stop_at: int) -> list[float]:
+        from tqdm.auto import tqdm
+
+        accelerator, args = self.accelerator, self.args
+        module.train()
+        parameters = [p for p in module.parameters() if p.requires_grad]
+        progress = tqdm(
+            total=args.max_steps,
+            initial=state.global_step,
+            desc=self.task.name,
+            disable=not accelerator.is_local_main_process,
+        )
+        losses: list[float] = []
+        step_loss = torch.zeros((), device=accelerator.device)
+        micro_batches = images = 0
+        start = time.perf_counter()
+        self._throughput = 0.0
+        self._last_saved_step = -1
+        while state.global_step < stop_at:
+            dataloader.set_epoch(state.epoch)
+            batches = dataloader
+            if state.batches_in_epoch:
+                batches = accelerator.skip_first_batches(dataloader, state.batches_in_epoch)
+            seen_any = False
+            for batch in batches:
+                seen_any = True
+                pixel_values = batch["pixel_values"]
+                with accelerator.accumulate(module):
+                    loss, parts = self.task.loss(module, pixel_values, state.global_step, accelerator.autocast)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                step_loss += loss.detach().float()
+                micro_batches += 1
+                images += pixel_values.shape[0] * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state.global_step += 1
+                mean_loss = accelerator.reduce(step_loss / micro_batches, "mean").item()
+                losses.append(mean_loss)
+                step_loss.zero_()
+                micro_batches = 0
+                self._throughput = images / (time.perf_counter() - start)
+                progress.update(1)
+                progress.set_postfix(loss=f"{mean_loss:.4g}", img_s=f"{self._throughput:.1f}")
+                if state.global_step % args.logging_steps == 0 or state.global_step == stop_at:
+                    logs = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "images_per_second": self._throughput}
+                    logs.update({k: accelerator.reduce(v.float(), "mean").item() for k, v in parts.items()})
+                    accelerator.log(logs, step=state.global_step)
+                if args.save_steps and state.global_step % args.save_steps == 0:
+                    accelerator.save_state()
+                    self._last_saved_step = state.global_step
+                if state.global_step >= stop_at:
+                    break
+            else:
+                if not seen_any:
+                    raise ValueError("The data loader yielded no batch (dataset smaller than one batch?)")
+                state.epoch += 1
+                state.batches_in_epoch = 0
+        progress.close()
+        return losses
+
+    def export(self, module: nn.Module, global_step: int, losses: list[float]) -> str:
+        """``save_pretrained`` the student (without adaptors) into ``output_dir`` with a model card; push if asked."""
+        from .stages import vision_tower
+
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        state = accelerator.get_state_dict(module)
+        output_dir = Path(self.args.output_dir)
+        if accelerator.is_main_process:
+            student = self.task.student_model
+            tower_state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+            vision_tower(student).load_state_dict(tower_state)
+            student.save_pretrained(str(output_dir), safe_serialization=True)
+            write_model_card(output_dir, self.task.name, self.args, global_step, losses, self.card_info)
+            if self.args.push_to_hub:
+                push_folder_to_hub(output_dir, self.args.push_to_hub, self.args.hub_private, self.args.hub_token)
+        accelerator.wait_for_everyone()
+        return str(output_dir)
+
+
+def write_model_card(
+    output_dir: str | Path,
+    stage: str,
+    args: TrainingArguments,
+    global_step: int,
+    losses: list[float],
+    info: dict[str, Any],
+) -> Path:
+    """Write ``README.md``: metadata (library, tags, base model) and how the student was distilled."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base_model = info.get("teacher") if isinstance(info.get("teacher"), str) else None
+    data = ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        tags=["cgspn", "vision", "distillation", "image-feature-extraction"],
+        base_model=base_model if base_model and "/" in base_model and not Path(base_model).exists() else None,
+        pipeline_tag="image-feature-extraction",
+    )
+    settings = {
+        "stage": stage,
+        "steps": global_step,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler": args.lr_scheduler,
+        "warmup_steps": args.warmup_steps,
+        "per_device_batch_size": args.per_device_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "mixed_precision": args.mixed_precision,
+        "final_loss": round(losses[-1], 6) if losses else None,
+        **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, list))},
+    }
+    content = (
+        f"---\n{data.to_yaml()}\n---\n\n"
+        "# C-GSPN student\n\n"
+        "A C-GSPN vision backbone (ViT blocks whose attention is replaced by compact 4-direction spatial\n"
+        f"propagation) distilled from its teacher with `cgspn-train {stage}` (SPEC §4). Load it with\n"
+        "`AutoModel.from_pretrained(path, trust_remote_code=True)`. Distillation adaptors are not included.\n\n"
+        "## Training\n\n```json\n" + json.dumps(settings, indent=2, default=str) + "\n```\n"
+    )
+    path = Path(output_dir) / "README.md"
+    ModelCard(content).save(path)
+    return path
+
+
+def push_folder_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Create ``repo_id`` if needed and upload the exported folder (checkpoints and logs stay local)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        ignore_patterns=EXPORT_IGNORE,
+        commit_message="Upload C-GSPN student distilled with cgspn-train",
+    )
+    logger.info("Pushed %s to %s", folder, repo_id)
+    return getattr(commit, "commit_url", str(commit))
+
+
+__all__ = [
+    "STAGE_DEFAULTS",
+    "DistillationTrainer",
+    "TrainResult",
+    "TrainState",
+    "TrainingArguments",
+    "enable_gradient_checkpointing",
+    "latest_checkpoint",
+    "push_folder_to_hub",
+    "write_model_card",
+]
