@@ -58,7 +58,7 @@ def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["batch", "height", "width", "numel", "state_dir_stride", "state_batch_stride"])
 def _propagate_fwd_kernel(
     # tensors: inputs (B, H, W, Cc) and (B, H, W, 20*Cc); partials (4, B*H*W*Cc) float32;
     # state: line buffer or saved states, float32
@@ -137,7 +137,7 @@ def _propagate_fwd_kernel(
         tl.debug_barrier()
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["batch", "height", "width", "numel", "carry_line_elems"])
 def _propagate_bwd_kernel(
     # tensors: z, g as in forward; dy (B, H, W, Cc); state: saved float32 line states
     # (4, B, H*W, Cc); carry: float32 ring buffer (4, B, 2 slots, 2, max(H, W), Cc);
@@ -246,7 +246,7 @@ def _propagate_bwd_kernel(
         tl.debug_barrier()
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def _merge_directions_kernel(partial_ptr, out_ptr, numel, BLOCK: tl.constexpr):
     """out = (p_TD + p_BU) + (p_LR + p_RL), cast to out's dtype (the reference's order)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
