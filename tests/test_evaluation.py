@@ -369,3 +369,37 @@ def test_cli_segmentation_end_to_end(tiny_segformer, demo, tmp_path, capsys):
     assert all(v is None or 0.0 <= v <= 1.0 for v in result["per_category_iou"].values())
     assert not any(isinstance(v, float) and math.isnan(v) for v in result.values())
     capsys.readouterr()
+
+
+# --------------------------------------------------------------------------------------- the C-GSPN models themselves
+
+
+def test_cli_on_saved_cgspn_models(processor, demo, tmp_path, capsys):
+    """`cgspn-eval` loads saved C-GSPN CLIP and segmentation models through the Auto classes."""
+    from cgspn import CGSPNConfig, CGSPNForSemanticSegmentation, CGSPNModel, CGSPNVisionConfig
+
+    tokenizer = processor.tokenizer
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, patch_size=8)
+    vision.update(image_size=32, pooling="mean")
+    text = dict(model_type="clip_text_model", hidden_size=32, intermediate_size=48, num_hidden_layers=1)
+    text.update(num_attention_heads=4, vocab_size=len(tokenizer), max_position_embeddings=32)
+    text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    text.update(pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    CGSPNModel(CGSPNConfig(vision_config=vision, text_config=text, projection_dim=16)).save_pretrained(
+        tmp_path / "clip"
+    )
+    processor.save_pretrained(tmp_path / "clip")
+    seg_config = CGSPNVisionConfig(**vision, num_labels=5, id2label=demo.segmentation_labels)
+    CGSPNForSemanticSegmentation(seg_config).save_pretrained(tmp_path / "seg")
+    processor.image_processor.save_pretrained(tmp_path / "seg")
+    demo.save_to_disk(tmp_path / "data")
+
+    common = ["--data", str(tmp_path / "data"), "--split", "test", "--no-progress"]
+    assert main(["zero-shot", "--model", str(tmp_path / "clip"), *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_examples"] == 24 and 0.0 <= result["top1_accuracy"] <= result["top5_accuracy"] <= 1.0
+    assert main(["segmentation", "--model", str(tmp_path / "seg"), *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["per_category_iou"]) == ["background", "circle", "square", "triangle", "cross"]
+    assert 0.0 <= result["mean_iou"] <= 1.0
