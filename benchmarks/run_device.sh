@@ -15,7 +15,7 @@ if ! python3 -c "import cgspn" 2>/dev/null; then
 fi
 python3 kernels_src/build.py > "$OUT/build.txt" 2>&1 || { tail -40 "$OUT/build.txt"; exit 1; }
 tail -2 "$OUT/build.txt"
-timeout 420 python3 -m pytest -q -n 4 -p no:cacheprovider tests/test_propagation_backends.py tests/test_kernel_hub.py \
+timeout 420 pytest -q -n 4 -p no:cacheprovider --import-mode=append tests/test_propagation_backends.py tests/test_kernel_hub.py \
   -rs > "$OUT/gpu_pytest.txt" 2>&1
 tail -12 "$OUT/gpu_pytest.txt"
 python3 benchmarks/bench_propagation.py --out "$OUT/propagation_h100.json" "$@" 2>&1 | tee "$OUT/bench.txt" | tail -30
