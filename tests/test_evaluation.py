@@ -354,6 +354,14 @@ def test_cli_zero_shot_end_to_end(tiny_clip, processor, demo, tmp_path, capsys):
     )
     assert "not found" in capsys.readouterr().err
     assert main(["zero-shot", "--model", str(model_dir), "--data", str(tmp_path / "missing"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["zero-shot", "--model", str(tmp_path / "no_model"), "--data", str(data_dir), "--no-progress"]) == 2
+    assert "model folder" in capsys.readouterr().err
+    assert main(["zero-shot", "--model", str(data_dir), "--data", str(data_dir), "--no-progress"]) == 2
+    assert "config.json" in capsys.readouterr().err
+    # A hub id with HF_HUB_OFFLINE=1 (set in conftest) and no cached copy: a clear message, no retries.
+    assert main(["zero-shot", "--model", str(model_dir), "--data", "nobody/no-such-dataset", "--no-progress"]) == 2
+    assert "Offline" in capsys.readouterr().err
 
 
 def test_cli_segmentation_end_to_end(tiny_segformer, demo, tmp_path, capsys):

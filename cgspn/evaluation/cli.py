@@ -98,6 +98,15 @@ def _load_processor(model_path: str, trust_remote_code: bool):
     return argparse.Namespace(tokenizer=tokenizer, image_processor=image_processor)
 
 
+def _check_model(model: str) -> None:
+    """A model given as a path must exist (otherwise transformers reports a confusing repo-id error)."""
+    if Path(model).exists():
+        if not (Path(model) / "config.json").is_file():
+            raise FileNotFoundError(f"{model} has no config.json: not a saved model folder")
+    elif model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise FileNotFoundError(f"model folder {model} does not exist")
+
+
 def run_zero_shot(args: argparse.Namespace) -> dict:
     """Load model, processor and data as described by parsed CLI arguments and run `evaluate_zero_shot`."""
     from transformers import AutoModel
@@ -106,6 +115,7 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
 
     from .zero_shot import evaluate_zero_shot
 
+    _check_model(args.model)
     metadata = demo_metadata(args.data) or {}
     class_names = _read_list(args.class_names) or metadata.get("class_names")
     templates = args.templates or _read_list(args.templates_file) or metadata.get("templates") or DEFAULT_TEMPLATES
@@ -138,6 +148,7 @@ def run_segmentation(args: argparse.Namespace) -> dict:
 
     from .segmentation import evaluate_segmentation
 
+    _check_model(args.model)
     dataset = load_eval_dataset(args.data, args.split, args.data_config, args.streaming)
     device = _device(args.device)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
@@ -166,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = run_zero_shot if args.command == "zero-shot" else run_segmentation
     try:
         results = runner(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError) as error:  # OSError: missing files, models or offline hub access
         print(f"cgspn-eval: error: {error}", file=sys.stderr)
         return 2
     text = json.dumps(results, indent=2)

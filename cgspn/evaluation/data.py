@@ -64,9 +64,15 @@ def load_eval_dataset(
         return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, streaming=streaming)
     if str(data).startswith((".", "/", "~")) or str(data).count("/") > 1:  # a path, not an ``owner/name`` id
         raise FileNotFoundError(f"dataset path {data} does not exist")
-    return _checked_split(
-        lambda: datasets.load_dataset(str(data), name=config_name, split=split, streaming=streaming), data, split
-    )
+    try:
+        return _checked_split(
+            lambda: datasets.load_dataset(str(data), name=config_name, split=split, streaming=streaming), data, split
+        )
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"cannot load hub dataset {data!r}: {error}. Offline (HF_HUB_OFFLINE=1) only datasets already in the "
+            "local cache load; otherwise pass a local folder or file."
+        ) from error
 
 
 def _checked_split(load, data, split):
