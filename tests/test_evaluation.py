@@ -218,6 +218,24 @@ def test_zero_shot_on_a_tiny_random_clip(tiny_clip, processor, demo):
     assert partial["num_examples"] == 7
 
 
+def test_zero_shot_on_a_tiny_random_siglip_pads_to_max_length(processor, demo):
+    from transformers import SiglipConfig, SiglipModel
+
+    tokenizer = processor.tokenizer
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    text.update(num_attention_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    vision.update(num_attention_heads=2)
+    torch.manual_seed(0)
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
+    lengths = []
+    original = model.get_text_features
+    model.get_text_features = lambda **kw: lengths.append(kw["input_ids"].shape[1]) or original(**kw)
+    result = evaluate_zero_shot(model, processor, demo.dataset["test"], templates=demo.templates, progress=False)
+    assert set(lengths) == {64}  # SigLIP text towers expect max-length padding, as in the transformers pipeline
+    assert 0.0 <= result["top1_accuracy"] <= result["top5_accuracy"] <= 1.0
+
+
 def test_zero_shot_rejects_bad_input(tiny_clip, processor, demo):
     test = demo.dataset["test"]
     with pytest.raises(ValueError, match="not found"):
@@ -285,6 +303,23 @@ def test_segmentation_is_perfect_on_a_rigged_model():
     assert result["overall_accuracy"] == pytest.approx(1 - 4 / 32)
     # red: reference columns 0+8+12+24 = 44, predicted 4+12+16+28 = 60 (a superset): IoU = 44 / 60.
     assert result["per_category_iou"]["red"] == pytest.approx(44 / 60)
+
+
+def test_segmentation_on_an_ade20k_style_image_folder(tmp_path):
+    """imagefolder with metadata.jsonl pairing each image with an annotation PNG (ADE20K layout)."""
+    folder = tmp_path / "ade" / "validation"
+    folder.mkdir(parents=True)
+    rows = []
+    for index, example in enumerate(_red_split_dataset(band_label=255)):
+        example["image"].save(folder / f"img_{index}.png")
+        example["annotation"].save(folder / f"ann_{index}.png")
+        rows.append(json.dumps({"file_name": f"img_{index}.png", "annotation_file_name": f"ann_{index}.png"}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    dataset = load_eval_dataset(tmp_path / "ade", "validation")
+    assert len(dataset) == 4 and find_mask_column(dataset) == "annotation"
+    processor = SegformerImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    result = evaluate_segmentation(RedDetector(), processor, dataset, progress=False)
+    assert result["mean_iou"] == 1.0 and result["num_examples"] == 4
 
 
 def test_segmentation_on_tiny_segformer_with_crop_processor(tiny_segformer, processor, demo):
