@@ -35,6 +35,10 @@ NUM_DIRECTIONS = 4
 NUM_FIELDS = 5
 WEIGHT_EPS = 1e-6
 DEFAULT_NAMESPACE = "cgspn"
+# the same numbers as compile-time constants for the kernels
+_DIRECTIONS = tl.constexpr(NUM_DIRECTIONS)
+_FIELDS = tl.constexpr(NUM_FIELDS)
+_EPS = tl.constexpr(WEIGHT_EPS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +101,7 @@ def _propagate_fwd_kernel(
     grid_base = b.to(tl.int64) * height * width
     pos_offset = (p * pos_step).to(tl.int64)
     partial_base = partial_ptr + direction * numel
-    field_base = g_ptr + direction * NUM_FIELDS * channels + c[None, :]
+    field_base = g_ptr + direction * _FIELDS * channels + c[None, :]
     state_base = state_ptr + direction.to(tl.int64) * state_dir_stride + b.to(tl.int64) * state_batch_stride
     state_line = p[:, None] * channels + c[None, :]
     line_elems = line_len * channels
@@ -107,7 +111,7 @@ def _propagate_fwd_kernel(
         line = tl.where(reverse, num_lines - 1 - t, t)
         cell = grid_base + line * line_step + pos_offset  # (BLOCK_M,) grid index of each position
         z_off = cell[:, None] * channels + c[None, :]
-        g_row = field_base + cell[:, None] * (NUM_DIRECTIONS * NUM_FIELDS * channels)
+        g_row = field_base + cell[:, None] * (_DIRECTIONS * _FIELDS * channels)
         z = tl.load(z_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
         lam = tl.load(g_row, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(g_row + channels, mask=mask, other=0.0).to(tl.float32)
@@ -129,7 +133,7 @@ def _propagate_fwd_kernel(
         gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
         gate_self = _sigmoid(wt_self)
         gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
-        norm = tl.maximum(gate_prev + gate_self + gate_next, WEIGHT_EPS)
+        norm = tl.maximum(gate_prev + gate_self + gate_next, _EPS)
         h = (gate_prev / norm) * h_left + (gate_self / norm) * h + (gate_next / norm) * h_right + lam * z
 
         tl.store(state_base + slot * line_elems + state_line, h, mask=mask)
@@ -177,8 +181,8 @@ def _propagate_bwd_kernel(
     grid_base = b.to(tl.int64) * height * width
     pos_offset = (p * pos_step).to(tl.int64)
     dz_base = dz_partial_ptr + direction * numel
-    g_stride = NUM_DIRECTIONS * NUM_FIELDS * channels
-    field_offset = direction * NUM_FIELDS * channels + c[None, :]
+    g_stride = _DIRECTIONS * _FIELDS * channels
+    field_offset = direction * _FIELDS * channels + c[None, :]
     state_base = state_ptr + (direction.to(tl.int64) * batch + b) * height * width * channels
     carry_base = carry_ptr + (direction.to(tl.int64) * batch + b) * 4 * carry_line_elems
     line_pos = p[:, None] * channels + c[None, :]
@@ -215,7 +219,7 @@ def _propagate_bwd_kernel(
         gate_self = _sigmoid(wt_self)
         gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
         total = gate_prev + gate_self + gate_next
-        norm = tl.maximum(total, WEIGHT_EPS)
+        norm = tl.maximum(total, _EPS)
         w_prev = gate_prev / norm
         w_self = gate_self / norm
         w_next = gate_next / norm
@@ -230,7 +234,7 @@ def _propagate_bwd_kernel(
         dw_self = adj * h_mid
         dw_next = adj * h_right
         d_norm = -(dw_prev * w_prev + dw_self * w_self + dw_next * w_next) / norm
-        d_total = tl.where(total >= WEIGHT_EPS, d_norm, 0.0)
+        d_total = tl.where(total >= _EPS, d_norm, 0.0)
         d_prev = tl.where(has_prev, (dw_prev / norm + d_total) * gate_prev * (1.0 - gate_prev), 0.0)
         d_self = (dw_self / norm + d_total) * gate_self * (1.0 - gate_self)
         d_next = tl.where(has_next, (dw_next / norm + d_total) * gate_next * (1.0 - gate_next), 0.0)
