@@ -5,12 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cgspn import CGSPNVisionConfig, CGSPNVisionModel
 from cgspn.training.stages import student_from_teacher
 
 IMAGE_SIZE = 32
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: tiny CPU models run 10x slower with 2 threads when the other core is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_teacher(num_layers: int = 4, hidden: int = 32, seed: int = 0, **overrides) -> CGSPNVisionModel:

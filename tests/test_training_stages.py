@@ -1,0 +1,120 @@
+"""Short CPU training runs of every stage: losses go down, exports hold the student only, pushes go to the hub API."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cgspn import CGSPNVisionModel
+from cgspn.training import TrainingArguments, distill_curriculum, distill_stage1, distill_stage2
+from cgspn.training.data import build_image_processor, prepare_dataset
+from tests.test_training_utils import image_dataset, single_thread, tiny_pair
+
+STEPS = 24
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+
+
+@pytest.fixture(scope="module")
+def raw_images():
+    return image_dataset(32, seed=0)
+
+
+def _dataset(raw, size=32):
+    return prepare_dataset(raw, build_image_processor(image_size=size), size)
+
+
+def _args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path),
+        max_steps=STEPS,
+        per_device_batch_size=8,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        report_to="none",
+        save_steps=0,
+        logging_steps=5,
+    )
+    return TrainingArguments(**{**values, **overrides})
+
+
+def _drop(losses, fraction=0.75):
+    head, tail = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert tail < fraction * head, f"loss did not decrease enough: {head:.4g} -> {tail:.4g}"
+
+
+def test_stage1_loss_decreases_and_only_propagation_changes(tmp_path, raw_images):
+    teacher, student = tiny_pair(keep_attention=(2,))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    result = distill_stage1(teacher, student, _dataset(raw_images), _args(tmp_path, learning_rate=1e-2))
+    assert result.finished and result.global_step == STEPS and len(result.losses) == STEPS
+    _drop(result.losses)
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".mixer." in k and ".layers.2." not in k for k in changed)
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())
+    exported = CGSPNVisionModel.from_pretrained(tmp_path)
+    for key, value in exported.state_dict().items():
+        torch.testing.assert_close(value, student.state_dict()[key])
+    card = (tmp_path / "README.md").read_text()
+    assert "cgspn" in card and "stage1" in card and "library_name: transformers" in card
+
+
+def test_stage2_loss_decreases_and_export_has_no_adaptors(tmp_path, raw_images):
+    teacher, student = tiny_pair()
+    result = distill_stage2(
+        teacher, student, _dataset(raw_images), _args(tmp_path, gradient_checkpointing=True), distill_every=2
+    )
+    _drop(result.losses)
+    weights = load_file(tmp_path / "model.safetensors")
+    assert not any("adaptor" in key or "criterion" in key for key in weights)
+    assert set(weights) == set(student.state_dict())
+    checkpoint = next((tmp_path / "checkpoints").glob("checkpoint_*"))
+    assert any("adaptors" in key for key in load_file(checkpoint / "model.safetensors"))
+    reloaded = CGSPNVisionModel.from_pretrained(tmp_path)
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(reloaded(pixels).last_hidden_state, student.eval()(pixels).last_hidden_state)
+
+
+def test_curriculum_upsamples_from_the_previous_phase(tmp_path, raw_images):
+    _, student = tiny_pair()
+    results = distill_curriculum(
+        None,
+        student,
+        lambda size: _dataset(raw_images, size),
+        _args(tmp_path, max_steps=12),
+        resolutions=[16, 24, 32],
+        batch_resolutions=[16, 24],
+        distill_every=2,
+    )
+    assert [r.global_step for r in results] == [12, 12]
+    for result in results:
+        _drop(result.losses, 0.9)
+    assert (tmp_path / "phase1_res24" / "model.safetensors").is_file()
+    assert (tmp_path / "phase2_res32" / "model.safetensors").is_file()
+    assert "curriculum" in (tmp_path / "README.md").read_text()
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_push_to_hub_uses_the_hub_api(tmp_path, raw_images, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+
+    def upload_folder(self, **kwargs):
+        files = sorted(p.name for p in __import__("pathlib").Path(kwargs["folder_path"]).iterdir())
+        calls.append(("upload", kwargs, files))
+        return "https://hub.example/commit/1"
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    teacher, student = tiny_pair(num_layers=2)
+    args = _args(tmp_path, max_steps=2, push_to_hub="me/cgspn-tiny", hub_private=True, save_steps=1)
+    distill_stage1(teacher, student, _dataset(raw_images), args)
+    assert calls[0] == ("create", "me/cgspn-tiny", {"exist_ok": True, "private": True, "repo_type": "model"})
+    _, kwargs, files = calls[1]
+    assert kwargs["repo_id"] == "me/cgspn-tiny" and "checkpoints/**" in kwargs["ignore_patterns"]
+    assert {"README.md", "config.json", "model.safetensors"} <= set(files)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "cgspn_vision_model"
