@@ -1,0 +1,132 @@
+"""Train the demo's small CLIP teacher (a transformers `CLIPModel`) contrastively with `Trainer`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor, Trainer, TrainingArguments
+
+from ..tokenization import build_processor, small_clip_tokenizer
+from .data import DemoData
+
+
+@dataclass
+class TeacherSettings:
+    """Size and schedule of the demo teacher (a ViT-tiny-like CLIP at 64 px, patch 8)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    text_hidden_size: int = 64
+    text_layers: int = 2
+    projection_dim: int = 64
+    patch_size: int = 8
+    epochs: float = 4.0
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    max_text_length: int = 16
+
+
+class ContrastiveTrainer(Trainer):
+    """`Trainer` for dual encoders: the loss is the model's own contrastive loss (`return_loss=True`)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, return_loss=True)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+def demo_processor(data: DemoData, image_size: int, max_text_length: int) -> CLIPProcessor:
+    """A CLIP processor whose small tokenizer is trained on the demo's captions and prompts."""
+    corpus = list(data.dataset["train"]["caption"])
+    corpus += [template.format(name) for template in data.templates for name in data.class_names]
+    tokenizer = small_clip_tokenizer(corpus, vocab_size=1024, model_max_length=max_text_length)
+    return build_processor(tokenizer, image_size=image_size, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash")
+
+
+class TensorDictDataset(torch.utils.data.Dataset):
+    """Rows of a dict of equal-length tensors (the demo's images are tiny: encode once, index fast)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[index] for key, value in self.tensors.items()}
+
+
+def encode_pairs(processor: CLIPProcessor, dataset, max_text_length: int) -> TensorDictDataset:
+    """Pixel values, token ids and attention masks of a whole (image, caption) split."""
+    encoded = processor(
+        images=list(dataset["image"]),
+        text=list(dataset["caption"]),
+        padding="max_length",
+        max_length=max_text_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return TensorDictDataset({key: encoded[key] for key in ("pixel_values", "input_ids", "attention_mask")})
+
+
+def build_teacher(processor: CLIPProcessor, image_size: int, settings: TeacherSettings) -> CLIPModel:
+    tokenizer = processor.tokenizer
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=settings.text_hidden_size,
+            intermediate_size=4 * settings.text_hidden_size,
+            num_hidden_layers=settings.text_layers,
+            num_attention_heads=settings.num_attention_heads,
+            max_position_embeddings=settings.max_text_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=settings.hidden_size,
+            intermediate_size=4 * settings.hidden_size,
+            num_hidden_layers=settings.num_hidden_layers,
+            num_attention_heads=settings.num_attention_heads,
+            image_size=image_size,
+            patch_size=settings.patch_size,
+        ),
+        projection_dim=settings.projection_dim,
+    )
+    return CLIPModel(config)
+
+
+def train_teacher(
+    data: DemoData, output_dir: str | os.PathLike, settings: TeacherSettings, seed: int = 0
+) -> tuple[CLIPModel, CLIPProcessor, list[dict]]:
+    """Train the teacher on (image, caption) pairs; returns the model, its processor and the Trainer log."""
+    image_size = data.dataset["train"][0]["image"].size[0]
+    processor = demo_processor(data, image_size, settings.max_text_length)
+    torch.manual_seed(seed)
+    model = build_teacher(processor, image_size, settings)
+
+    train = encode_pairs(processor, data.dataset["train"], settings.max_text_length)
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        weight_decay=0.05,
+        warmup_steps=0.1,
+        lr_scheduler_type="cosine",
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_drop_last=True,
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+    )
+    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=train)
+    trainer.train()
+    model.eval()
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return model, processor, trainer.state.log_history
