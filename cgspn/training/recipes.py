@@ -103,6 +103,9 @@ def distill_stage2(
     card_info: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Stage 2 (end-to-end PP/PB feature distillation) on a dataset of ``pixel_values``."""
+    from accelerate.utils import set_seed
+
+    set_seed(args.seed)  # the adaptors' initialization
     task = FeatureTask(
         teacher,
         student,

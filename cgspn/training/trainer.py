@@ -197,7 +197,7 @@ class DistillationTrainer:
                 automatic_checkpoint_naming=True,
                 total_limit=self.args.save_total_limit,
             ),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=self.args.seed),
             # One scheduler step per optimizer step, whatever the number of processes.
             step_scheduler_with_optimizer=False,
         )
@@ -270,6 +270,12 @@ class DistillationTrainer:
         if trackers:
             config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
             accelerator.init_trackers(f"cgspn-{self.task.name}", config={**config, "stage": self.task.name})
+        global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        accelerator.print(
+            f"{self.task.name}: {accelerator.num_processes} process(es) ({accelerator.distributed_type}), "
+            f"global batch {global_batch}, steps {state.global_step}->{args.max_steps}, lr {args.learning_rate}, "
+            f"{args.lr_scheduler} schedule with {args.warmup_steps} warm-up steps"
+        )
         stop_at = args.max_steps
         if args.stop_after_steps is not None:
             stop_at = min(stop_at, state.global_step + args.stop_after_steps)

@@ -1,0 +1,104 @@
+"""``cgspn-train``: argument and config parsing, and a 2-process ``accelerate launch`` (gloo, CPU) run that
+matches a 1-process run with the same global batch."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cgspn.training.cli import main, parse_args, training_arguments
+from tests.test_training_utils import saved_dataset, single_thread, tiny_pair
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_flags_and_config_file(tmp_path):
+    config = tmp_path / "stage2.yaml"
+    config.write_text("max-steps: 7\nbatch_size: 3\nlearning_rate: 1.0e-3\nbatch-resolutions: 24,32\ndata: d\n")
+    namespace = parse_args(["stage2", "--config", str(config), "--teacher", "t", "--output-dir", "o", "--seed", "4"])
+    args = training_arguments(namespace)
+    assert (args.max_steps, args.per_device_batch_size, args.learning_rate, args.seed) == (7, 3, 1e-3, 4)
+    assert namespace.batch_resolutions == [24, 32] and namespace.data == "d"
+    assert (
+        parse_args(
+            ["stage2", "--config", str(config), "--teacher", "t", "--output-dir", "o", "--max-steps", "9"]
+        ).max_steps
+        == 9
+    )
+    resolved = args.resolved("stage2")
+    assert (resolved.lr_scheduler, resolved.warmup_steps) == ("cosine", 0)
+    stage1 = parse_args(["stage1", "--teacher", "t", "--data", "d", "--output-dir", "o", "--max-steps", "5000"])
+    resolved = training_arguments(stage1).resolved("stage1")
+    assert (resolved.learning_rate, resolved.lr_scheduler, resolved.warmup_steps) == (4e-5, "linear", 300)
+    curriculum = parse_args(["curriculum", "--student", "s", "--data", "d", "--output-dir", "o"])
+    assert curriculum.resolutions == [378, 518, 756, 1036] and curriculum.teacher is None
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"no_such_flag": 1}))
+    with pytest.raises(SystemExit):
+        parse_args(["stage1", "--config", str(bad), "--teacher", "t", "--data", "d", "--output-dir", "o"])
+    with pytest.raises(SystemExit):
+        parse_args(["stage1", "--data", "d", "--output-dir", "o"])  # --teacher is required
+    with pytest.raises(ValueError, match="per_device_batch_size"):
+        training_arguments(
+            parse_args(["stage1", "--teacher", "t", "--data", "d", "--output-dir", "o", "--batch-size", "0"])
+        ).validate()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    teacher, student = tiny_pair()
+    teacher.save_pretrained(root / "teacher")
+    student.save_pretrained(root / "student")
+    saved_dataset(root / "data", count=16, seed=5)
+    return root
+
+
+def _flags(folders, output_dir, batch_size):
+    return [
+        "stage2",
+        "--teacher", str(folders / "teacher"),
+        "--student", str(folders / "student"),
+        "--data", str(folders / "data"),
+        "--output-dir", str(output_dir),
+        "--batch-size", str(batch_size),
+        "--max-steps", "3",
+        "--learning-rate", "1e-3",
+        "--warmup-steps", "1",
+        "--distill-every", "2",
+        "--save-steps", "2",
+        "--report-to", "none",
+        "--cpu",
+    ]  # fmt: skip
+
+
+def test_two_processes_match_one_process(folders, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cgspn.training.cli"]
+    process = subprocess.run(
+        launch + _flags(folders, tmp_path / "two", 2), env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert main(_flags(folders, tmp_path / "one", 4)) == 0
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    initial = load_file(folders / "student" / "model.safetensors")
+    assert any(not torch.equal(one[key], initial[key]) for key in one)
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    assert (tmp_path / "two" / "README.md").is_file()
