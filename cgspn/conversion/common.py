@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers.initialization import no_init_weights
 
 from ..configuration_cgspn import CGSPNConfig, CGSPNVisionConfig
 from ..modeling_cgspn import CGSPNModel, CGSPNVisionModel
@@ -86,7 +87,6 @@ class TeacherSpec:
         preprocess: the teacher's own image preprocessing (PIL image -> (3, H, W) tensor), when known.
         tokenize: the teacher's own tokenizer (texts -> (B, L) ids), when known.
         image_processor / tokenizer / processor: what the converted folder ships (`processor` wins when set).
-        text_uses_attention_mask: whether the teacher masks padding (CLIP: irrelevant, causal; SigLIP: no).
         description: human-readable teacher name for reports and the model card.
         notes: conversion notes (e.g. a tokenizer that could not be built offline).
     """
@@ -101,7 +101,6 @@ class TeacherSpec:
     image_processor: object | None = None
     tokenizer: object | None = None
     processor: object | None = None
-    text_uses_attention_mask: bool = False
     description: str = "teacher"
     notes: list[str] = field(default_factory=list)
 
@@ -183,7 +182,8 @@ def build_model(
     """
     config = student_config(spec, attention_layers, keep_position_embeddings, propagation_channels)
     model_class = CGSPNModel if spec.is_dual else CGSPNVisionModel
-    model = model_class(config)
+    with no_init_weights():  # every tensor is loaded below (strictly), so skip the random init
+        model = model_class(config)
     expected = model.state_dict()
     vision = getattr(config, "vision_config", None) or config
     grid = (vision.image_size // vision.patch_size,) * 2

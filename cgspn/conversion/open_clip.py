@@ -314,6 +314,15 @@ class _TextView:
         self.vocab_size = self.token_embedding.num_embeddings
 
 
+def _special_token_ids(vocab_size: int, pad: int, eos: bool = False) -> dict[str, int | None]:
+    """CLIP's special ids for CLIP-vocabulary towers, else ``None`` (the text models pool without them)."""
+    clip = vocab_size == CLIP_VOCAB_SIZE
+    ids = {"bos_token_id": CLIP_BOS_ID if clip else None, "pad_token_id": pad if clip else None}
+    if eos:
+        ids["eos_token_id"] = CLIP_VOCAB_SIZE - 1 if clip else None
+    return ids
+
+
 def _text_tower(model: nn.Module, projection_dim: int | None) -> tuple[dict[str, Any], list[Copy], str]:
     """Text tower -> (transformers text config dict, key map, kind "clip" or "siglip")."""
     view = _TextView(model)
@@ -343,8 +352,7 @@ def _text_tower(model: nn.Module, projection_dim: int | None) -> tuple[dict[str,
             raise NotImplementedError("pool_type 'eos' with eos_id 2 (transformers reads id 2 as argmax pooling)")
         eos = LEGACY_ARGMAX_EOS_ID if view.pool_type == "argmax" else view.eos_id
         config.update(model_type="clip_text_model", eos_token_id=eos, projection_dim=projection_dim)
-        if view.vocab_size == CLIP_VOCAB_SIZE:
-            config.update(bos_token_id=CLIP_BOS_ID, pad_token_id=CLIP_VOCAB_SIZE - 1)
+        config.update(_special_token_ids(view.vocab_size, pad=CLIP_VOCAB_SIZE - 1))
         weight_source = f"{p}text_projection" + (".weight" if isinstance(proj, nn.Linear) else "")
         copies.append(Copy("text_projection.weight", weight_source, transpose=not isinstance(proj, nn.Linear)))
         return config, copies, "clip"
@@ -360,7 +368,7 @@ def _text_tower(model: nn.Module, projection_dim: int | None) -> tuple[dict[str,
                 raise NotImplementedError("SigLIP-style text tower with a bias-free projection")
         else:
             raise NotImplementedError("SigLIP-style text tower with a parameter (bias-free) projection")
-        config.update(model_type="siglip_text_model")
+        config.update(model_type="siglip_text_model", **_special_token_ids(view.vocab_size, pad=0, eos=True))
         return config, copies, "siglip"
     raise NotImplementedError(
         f"open_clip text tower with causal={view.causal} and pool_type={view.pool_type!r} "

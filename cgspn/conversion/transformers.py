@@ -187,7 +187,6 @@ def transformers_teacher_spec(model: nn.Module, processor=None, *, name: str | N
         image_processor=image_processor,
         tokenizer=tokenizer,
         processor=processor if getattr(processor, "tokenizer", None) is not None else None,
-        text_uses_attention_mask=family == "clip",
         description=f"hf:{name}" if name else type(model).__name__,
         notes=notes,
     )
