@@ -48,7 +48,10 @@ class DistillationTask(Protocol):
 @dataclass
 class TrainingArguments:
     """Optimization, checkpointing and export settings. ``None`` fields take the stage's paper default
-    (:data:`STAGE_DEFAULTS`); a default warm-up longer than a tenth of ``max_steps`` is shortened to that."""
+    (:data:`STAGE_DEFAULTS`); a default warm-up longer than a tenth of ``max_steps`` is shortened to that.
+
+    ``stop_after_steps`` ends a run early (checkpointed, schedule still that of ``max_steps``: for time-sliced
+    jobs); ``save_outputs=False`` writes no checkpoint and no export (benchmarks)."""
 
     output_dir: str
     max_steps: int = 1000
@@ -73,6 +76,7 @@ class TrainingArguments:
     stop_after_steps: int | None = None
     num_workers: int = 0
     cpu: bool = False
+    save_outputs: bool = True
     push_to_hub: str | None = None
     hub_private: bool = False
     hub_token: str | None = field(default=None, repr=False)
@@ -123,7 +127,8 @@ class TrainState:
 
 @dataclass
 class TrainResult:
-    """Summary of a run: steps done, per-step losses (mean over processes), throughput and where things are."""
+    """Summary of a run: steps done, per-step losses (mean over processes), throughput, wall-clock time at the
+    end of each step (seconds since the loop started) and where things are."""
 
     global_step: int
     losses: list[float]
@@ -131,6 +136,7 @@ class TrainResult:
     output_dir: str
     export_dir: str | None = None
     finished: bool = True
+    step_times: list[float] = field(default_factory=list)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -281,9 +287,11 @@ class DistillationTrainer:
             stop_at = min(stop_at, state.global_step + args.stop_after_steps)
         losses = self._loop(module, optimizer, dataloader, scheduler, state, stop_at)
         finished = state.global_step >= args.max_steps
-        if self._last_saved_step != state.global_step:
-            accelerator.save_state()
-        export_dir = self.export(module, state.global_step, losses) if finished else None
+        export_dir = None
+        if args.save_outputs:
+            if self._last_saved_step != state.global_step:
+                accelerator.save_state()
+            export_dir = self.export(module, state.global_step, losses) if finished else None
         accelerator.end_training()
         return TrainResult(
             global_step=state.global_step,
@@ -292,6 +300,7 @@ class DistillationTrainer:
             output_dir=args.output_dir,
             export_dir=export_dir,
             finished=finished,
+            step_times=self._step_times,
         )
 
     def _loop(self, module, optimizer, dataloader, scheduler, state: TrainState, stop_at: int) -> list[float]:
@@ -312,6 +321,7 @@ class DistillationTrainer:
         start = time.perf_counter()
         self._throughput = 0.0
         self._last_saved_step = -1
+        self._step_times: list[float] = []
         while state.global_step < stop_at:
             dataloader.set_epoch(state.epoch)
             batches = dataloader
@@ -340,14 +350,15 @@ class DistillationTrainer:
                 losses.append(mean_loss)
                 step_loss.zero_()
                 micro_batches = 0
-                self._throughput = images / (time.perf_counter() - start)
+                self._step_times.append(time.perf_counter() - start)
+                self._throughput = images / self._step_times[-1]
                 progress.update(1)
                 progress.set_postfix(loss=f"{mean_loss:.4g}", img_s=f"{self._throughput:.1f}")
                 if state.global_step % args.logging_steps == 0 or state.global_step == stop_at:
                     logs = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "images_per_second": self._throughput}
                     logs.update({k: accelerator.reduce(v.float(), "mean").item() for k, v in parts.items()})
                     accelerator.log(logs, step=state.global_step)
-                if args.save_steps and state.global_step % args.save_steps == 0:
+                if args.save_outputs and args.save_steps and state.global_step % args.save_steps == 0:
                     accelerator.save_state()
                     self._last_saved_step = state.global_step
                 if state.global_step >= stop_at:
