@@ -102,3 +102,16 @@ def test_two_processes_match_one_process(folders, tmp_path):
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
     assert (tmp_path / "two" / "README.md").is_file()
+
+
+def test_curriculum_command_with_teacher(folders, tmp_path):
+    output = tmp_path / "curriculum"
+    flags = _flags(folders, output, 4)
+    flags[0] = "curriculum"
+    flags += ["--resolutions", "16,32", "--max-steps", "2", "--batch-resolutions", "16,24,32", "--image-size", "30"]
+    assert main(flags) == 0
+    assert (output / "phase0_res16" / "model.safetensors").is_file()
+    assert (output / "phase1_res32" / "model.safetensors").is_file()
+    assert (output / "model.safetensors").is_file() and "curriculum" in (output / "README.md").read_text()
+    # a resumed curriculum skips finished phases and re-exports
+    assert main([*flags, "--resume"]) == 0

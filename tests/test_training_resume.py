@@ -1,10 +1,11 @@
 """Interrupted-and-resumed runs reach the same parameters as uninterrupted ones; checkpoints rotate."""
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from cgspn.training import TrainingArguments, distill_stage2, latest_checkpoint
+from cgspn.training import TrainingArguments, distill_stage1, distill_stage2, latest_checkpoint
 from cgspn.training.data import build_image_processor, prepare_dataset
 from tests.test_training_utils import image_dataset, single_thread, tiny_pair
 
@@ -53,3 +54,24 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 def test_resume_without_checkpoint_starts_fresh(tmp_path):
     result = _run(tmp_path, resume=True, max_steps=1, gradient_accumulation_steps=1)
     assert result.finished and result.global_step == 1
+
+
+def test_streaming_resume_matches(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+
+    def run(output_dir, **overrides):
+        teacher, student = tiny_pair(num_layers=2)
+        stream = image_dataset(12, seed=6).to_iterable_dataset(num_shards=3)
+        dataset = prepare_dataset(stream, build_image_processor(image_size=32), 32, seed=3, shuffle_buffer=6)
+        values = dict(output_dir=str(output_dir), max_steps=5, per_device_batch_size=4, learning_rate=1e-2)
+        values.update(warmup_steps=1, save_steps=0, report_to="none")
+        return distill_stage1(teacher, student, dataset, TrainingArguments(**{**values, **overrides}))
+
+    full = run(tmp_path / "full")  # 3 batches per epoch: crosses two epoch boundaries
+    assert run(tmp_path / "split", stop_after_steps=2).global_step == 2
+    resumed = run(tmp_path / "split", resume=True)
+    assert resumed.losses == pytest.approx(full.losses[2:], rel=1e-5)
+    expected = load_file(tmp_path / "full" / "model.safetensors")
+    actual = load_file(tmp_path / "split" / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)

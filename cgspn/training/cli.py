@@ -181,8 +181,12 @@ def training_arguments(namespace: argparse.Namespace) -> TrainingArguments:
     return TrainingArguments(**values)
 
 
-def _teacher_processor_source(teacher_spec: str | None) -> str | None:
-    return teacher_spec if teacher_spec and Path(teacher_spec).is_dir() else None
+def processor_folder(*candidates: str | None) -> str | None:
+    """The first of the folders (teacher, student) that ships an image processor (``preprocessor_config.json``)."""
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "preprocessor_config.json").is_file():
+            return candidate
+    return None
 
 
 def run(namespace: argparse.Namespace) -> int:
@@ -197,8 +201,15 @@ def run(namespace: argparse.Namespace) -> int:
         raise SystemExit("cgspn-train curriculum: give --student (or --teacher to derive one)")
     student = recipes.load_student_model(namespace.student, teacher)
     student_tower = recipes.vision_tower(student)
+    patch = student_tower.config.patch_size
     base_size = namespace.image_size or student_tower.config.image_size
-    processor_source = _teacher_processor_source(namespace.teacher) or _teacher_processor_source(namespace.student)
+    if base_size % patch:
+        # e.g. SigLIP-384 at patch 14: train at 378, the largest multiple of the patch (as the paper does)
+        print(
+            f"Image size {base_size} is not a multiple of the patch size {patch}; using {base_size - base_size % patch}"
+        )
+        base_size -= base_size % patch
+    processor_source = processor_folder(namespace.teacher, namespace.student)
     raw = load_image_dataset(namespace.data, namespace.split, namespace.streaming, namespace.dataset_config_name)
 
     def dataset_at(size: int):
