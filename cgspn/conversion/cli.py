@@ -245,15 +245,17 @@ def check_embeddings(out: Path, model: nn.Module, spec: TeacherSpec, exact: bool
     generator = torch.Generator().manual_seed(SEED)
     pixels = torch.randn(2, vision.num_channels, vision.image_size, vision.image_size, generator=generator)
     teacher_image = spec.image_features(pixels)
+    # Teachers whose image size is not a multiple of the patch (SO400M/14 at 384) drop the right/bottom remainder in
+    # their strided patch convolution; C-GSPN takes exact multiples, so it sees the same pixels cropped.
+    side = vision.image_size // vision.patch_size * vision.patch_size
+    pixels = pixels[..., :side, :side]
     if exact:
-        checks.append(
-            Check(
-                "image embedding parity (saved model)", _relative(_image_embedding(model, pixels), teacher_image), atol
-            )
-        )
+        diff = _relative(_image_embedding(model, pixels), teacher_image)
+        checks.append(Check("image embedding parity (saved model)", diff, atol))
     else:
         reference = build_model(spec, attention_layers=ALL_LAYERS, keep_position_embeddings=True).model
         diff = _relative(_image_embedding(reference, pixels), teacher_image)
+        del reference
         checks.append(Check("image embedding parity (exact all-attention reconstruction)", diff, atol))
     if spec.is_dual and spec.text_features is not None:
         ids, mask = _text_inputs(out, spec, model.config.text_config)

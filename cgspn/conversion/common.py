@@ -41,7 +41,7 @@ class Copy:
     pad_prefix: int = 0
 
     def apply(self, tensors: dict[str, torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
-        """The target tensor built from the teacher's ``tensors`` (a copy, never a view)."""
+        """The target tensor built from the teacher's ``tensors`` (possibly a view of the source)."""
         value = tensors[self.source].detach()
         if self.rows is not None:
             value = value[self.rows[0] : self.rows[1]]
@@ -55,7 +55,7 @@ class Copy:
                 f"Key map error: {self.source} {tuple(tensors[self.source].shape)} cannot fill {self.target} "
                 f"{tuple(shape)}"
             )
-        return value.reshape(shape).clone()
+        return value.reshape(shape)  # may be a view: load_state_dict copies it into the model
 
 
 def fused_qkv(target_prefix: str, source: str, width: int, suffix: str) -> list[Copy]:
@@ -111,6 +111,17 @@ class TeacherSpec:
     @property
     def is_dual(self) -> bool:
         return isinstance(self.config, CGSPNConfig)
+
+    def __post_init__(self) -> None:
+        vision = self.vision_config
+        if vision.image_size % vision.patch_size:
+            side = vision.image_size // vision.patch_size * vision.patch_size
+            self.notes.append(
+                f"image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}: the teacher's "
+                f"patch convolution ignores the right/bottom {vision.image_size - side} pixels, and C-GSPN models "
+                f"take sides that are multiples of the patch, so crop preprocessed images to [..., :{side}, :{side}] "
+                "(same result)"
+            )
 
 
 @dataclass
