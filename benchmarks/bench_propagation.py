@@ -188,19 +188,15 @@ def bench_op(backend: str, grid: int, copy_gbs: float) -> dict:
 
 
 def bench_triton_configs(grid: int) -> dict:
-    """Forward time (ms) of the Triton kernel for a few (BLOCK_C, num_warps) choices."""
+    """Forward time (ms) of the Triton kernel for a few (BLOCK_M, BLOCK_C, num_warps) choices."""
     from cgspn.ops.triton import _propagate_fwd, launch_config
 
     z = torch.randn(BATCH, grid, grid, PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
     g = 2 * torch.randn(BATCH, grid, grid, 20 * PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
-    block_m, default_c, default_w = launch_config(grid, grid, PROPAGATION_CHANNELS)
-    results = {"default": f"BLOCK_C={default_c},warps={default_w}"}
-    for block_c in (8, 16, 32, 64):
-        for warps in (4, 8):
-            if block_m * block_c > 16384:
-                continue
-            key = f"BLOCK_C={block_c},warps={warps}"
-            results[key] = bench(lambda bc=block_c, w=warps: _propagate_fwd(z, g, False, (block_m, bc, w)))
+    results = {"default": "BLOCK_M={},BLOCK_C={},warps={}".format(*launch_config(BATCH, grid, grid, 64, z.device))}
+    for block_m, block_c, warps in [(16, 64, 4), (32, 64, 4), (32, 64, 8), (64, 64, 8), (64, 32, 4), (128, 16, 4)]:
+        key = f"BLOCK_M={block_m},BLOCK_C={block_c},warps={warps}"
+        results[key] = bench(lambda c=(block_m, block_c, warps): _propagate_fwd(z, g, False, c))
     return results
 
 

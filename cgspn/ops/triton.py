@@ -65,7 +65,7 @@ def _sigmoid(x):
 @triton.jit(do_not_specialize=["batch", "height", "width", "numel", "state_dir_stride", "state_batch_stride"])
 def _propagate_fwd_kernel(
     # tensors: inputs (B, H, W, Cc) and (B, H, W, 20*Cc); partials (4, B*H*W*Cc) float32;
-    # state: line buffer or saved states, float32
+    # state: line buffer (ring of 2 lines) or every line's state (training), float32
     z_ptr,
     g_ptr,
     partial_ptr,
@@ -76,12 +76,12 @@ def _propagate_fwd_kernel(
     width,
     channels,
     numel,
-    # state buffer layout: offset of (direction, batch) region and slot of line t
+    # state buffer layout: offset of (direction, batch) region
     state_dir_stride,
     state_batch_stride,
     # meta
     RING: tl.constexpr,  # 0: keep every line's state (training), else a ring of 2 lines
-    BLOCK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # positions a chunk (a line is scanned in chunks of BLOCK_M)
     BLOCK_C: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
@@ -90,62 +90,62 @@ def _propagate_fwd_kernel(
     num_lines, line_len, line_step, pos_step = _line_geometry(direction, height, width)
     reverse = (direction % 2) == 1
 
-    p = tl.arange(0, BLOCK_M)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (p < line_len)[:, None] & (c < channels)[None, :]
-    has_prev = (p >= 1)[:, None]
-    has_next = (p + 1 < line_len)[:, None]
-    mask_prev = mask & has_prev
-    mask_next = mask & has_next
-
+    c_ok = (c < channels)[None, :]
     grid_base = b.to(tl.int64) * height * width
-    pos_offset = (p * pos_step).to(tl.int64)
     partial_base = partial_ptr + direction * numel
     field_base = g_ptr + direction * _FIELDS * channels + c[None, :]
     state_base = state_ptr + direction.to(tl.int64) * state_dir_stride + b.to(tl.int64) * state_batch_stride
-    state_line = p[:, None] * channels + c[None, :]
     line_elems = line_len * channels
 
-    h = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for t in range(0, num_lines):
         line = tl.where(reverse, num_lines - 1 - t, t)
-        cell = grid_base + line * line_step + pos_offset  # (BLOCK_M,) grid index of each position
-        z_off = cell[:, None] * channels + c[None, :]
-        g_row = field_base + cell[:, None] * (_DIRECTIONS * _FIELDS * channels)
-        z = tl.load(z_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
-        lam = tl.load(g_row, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(g_row + channels, mask=mask, other=0.0).to(tl.float32)
-        wt_prev = tl.load(g_row + 2 * channels, mask=mask, other=0.0).to(tl.float32)
-        wt_self = tl.load(g_row + 3 * channels, mask=mask, other=0.0).to(tl.float32)
-        wt_next = tl.load(g_row + 4 * channels, mask=mask, other=0.0).to(tl.float32)
-
-        # h[t-1, p-1] and h[t-1, p+1] from the line buffer (slot of line t-1; zero for t = 0)
         if RING == 0:
             prev_slot = t - 1
             slot = t
         else:
             prev_slot = (t + 1) % 2
             slot = t % 2
-        prev_line = state_base + prev_slot * line_elems + state_line
-        h_left = tl.load(prev_line - channels, mask=mask_prev & (t > 0), other=0.0)
-        h_right = tl.load(prev_line + channels, mask=mask_next & (t > 0), other=0.0)
+        for start in range(0, line_len, BLOCK_M):
+            p = start + tl.arange(0, BLOCK_M)
+            mask = (p < line_len)[:, None] & c_ok
+            has_prev = (p >= 1)[:, None]
+            has_next = (p + 1 < line_len)[:, None]
+            cell = grid_base + line * line_step + (p * pos_step).to(tl.int64)
+            z_off = cell[:, None] * channels + c[None, :]
+            g_row = field_base + cell[:, None] * (_DIRECTIONS * _FIELDS * channels)
+            z = tl.load(z_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
+            lam = tl.load(g_row, mask=mask, other=0.0).to(tl.float32)
+            u = tl.load(g_row + channels, mask=mask, other=0.0).to(tl.float32)
+            wt_prev = tl.load(g_row + 2 * channels, mask=mask, other=0.0).to(tl.float32)
+            wt_self = tl.load(g_row + 3 * channels, mask=mask, other=0.0).to(tl.float32)
+            wt_next = tl.load(g_row + 4 * channels, mask=mask, other=0.0).to(tl.float32)
 
-        gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
-        gate_self = _sigmoid(wt_self)
-        gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
-        norm = tl.maximum(gate_prev + gate_self + gate_next, _EPS)
-        h = (gate_prev / norm) * h_left + (gate_self / norm) * h + (gate_next / norm) * h_right + lam * z
+            # h[t-1, p-1 .. p+1] from the state buffer (zero for t = 0)
+            state_pos = p[:, None] * channels + c[None, :]
+            prev_line = state_base + prev_slot * line_elems + state_pos
+            has_line_before = t > 0
+            h_left = tl.load(prev_line - channels, mask=mask & has_prev & has_line_before, other=0.0)
+            h_mid = tl.load(prev_line, mask=mask & has_line_before, other=0.0)
+            h_right = tl.load(prev_line + channels, mask=mask & has_next & has_line_before, other=0.0)
 
-        tl.store(state_base + slot * line_elems + state_line, h, mask=mask)
-        tl.store(partial_base + z_off, u * h, mask=mask)
+            gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
+            gate_self = _sigmoid(wt_self)
+            gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
+            norm = tl.maximum(gate_prev + gate_self + gate_next, _EPS)
+            h = (gate_prev / norm) * h_left + (gate_self / norm) * h_mid + (gate_next / norm) * h_right + lam * z
+
+            tl.store(state_base + slot * line_elems + state_pos, h, mask=mask)
+            tl.store(partial_base + z_off, u * h, mask=mask)
         tl.debug_barrier()
 
 
 @triton.jit(do_not_specialize=["batch", "height", "width", "numel", "carry_line_elems"])
 def _propagate_bwd_kernel(
     # tensors: z, g as in forward; dy (B, H, W, Cc); state: saved float32 line states
-    # (4, B, H*W, Cc); carry: float32 ring buffer (4, B, 2 slots, 2, max(H, W), Cc);
-    # dz_partial (4, B*H*W*Cc) float32; dg (B, H, W, 20*Cc) in the input dtype
+    # (4, B, H*W, Cc); carry: float32 ring (4, B, 2 slots, 3 arrays, max(H, W)*Cc) of what
+    # line t+1 drew from each position of line t; dz_partial (4, B*H*W*Cc) float32;
+    # dg (B, H, W, 20*Cc) in the input dtype
     z_ptr,
     g_ptr,
     dy_ptr,
@@ -170,83 +170,83 @@ def _propagate_bwd_kernel(
     num_lines, line_len, line_step, pos_step = _line_geometry(direction, height, width)
     reverse = (direction % 2) == 1
 
-    p = tl.arange(0, BLOCK_M)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (p < line_len)[:, None] & (c < channels)[None, :]
-    has_prev = (p >= 1)[:, None]
-    has_next = (p + 1 < line_len)[:, None]
-    mask_prev = mask & has_prev
-    mask_next = mask & has_next
-
+    c_ok = (c < channels)[None, :]
     grid_base = b.to(tl.int64) * height * width
-    pos_offset = (p * pos_step).to(tl.int64)
     dz_base = dz_partial_ptr + direction * numel
     g_stride = _DIRECTIONS * _FIELDS * channels
     field_offset = direction * _FIELDS * channels + c[None, :]
     state_base = state_ptr + (direction.to(tl.int64) * batch + b) * height * width * channels
-    carry_base = carry_ptr + (direction.to(tl.int64) * batch + b) * 4 * carry_line_elems
-    line_pos = p[:, None] * channels + c[None, :]
+    carry_base = carry_ptr + (direction.to(tl.int64) * batch + b) * 6 * carry_line_elems
     line_elems = line_len * channels
+    out_ty = dg_ptr.dtype.element_ty
 
-    q_self = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)  # w_self[t+1, p] * a[t+1, p]
     for step in range(0, num_lines):
         t = num_lines - 1 - step  # line index in scan order, visited last to first
         line = tl.where(reverse, num_lines - 1 - t, t)
-        cell = grid_base + line * line_step + pos_offset
-        z_off = cell[:, None] * channels + c[None, :]
-        g_off = cell[:, None] * g_stride + field_offset
-        z = tl.load(z_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
-        lam = tl.load(g_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(g_ptr + g_off + channels, mask=mask, other=0.0).to(tl.float32)
-        wt_prev = tl.load(g_ptr + g_off + 2 * channels, mask=mask, other=0.0).to(tl.float32)
-        wt_self = tl.load(g_ptr + g_off + 3 * channels, mask=mask, other=0.0).to(tl.float32)
-        wt_next = tl.load(g_ptr + g_off + 4 * channels, mask=mask, other=0.0).to(tl.float32)
-        this_line = state_base + t * line_elems + line_pos
-        h = tl.load(this_line, mask=mask, other=0.0)
-        has_line_before = t > 0
-        h_left = tl.load(this_line - line_elems - channels, mask=mask_prev & has_line_before, other=0.0)
-        h_mid = tl.load(this_line - line_elems, mask=mask & has_line_before, other=0.0)
-        h_right = tl.load(this_line - line_elems + channels, mask=mask_next & has_line_before, other=0.0)
+        read_slot = carry_base + ((step + 1) % 2) * 3 * carry_line_elems  # written at step - 1
+        write_slot = carry_base + (step % 2) * 3 * carry_line_elems
+        for start in range(0, line_len, BLOCK_M):
+            p = start + tl.arange(0, BLOCK_M)
+            mask = (p < line_len)[:, None] & c_ok
+            has_prev = (p >= 1)[:, None]
+            has_next = (p + 1 < line_len)[:, None]
+            cell = grid_base + line * line_step + (p * pos_step).to(tl.int64)
+            z_off = cell[:, None] * channels + c[None, :]
+            g_off = cell[:, None] * g_stride + field_offset
+            z = tl.load(z_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
+            lam = tl.load(g_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
+            u = tl.load(g_ptr + g_off + channels, mask=mask, other=0.0).to(tl.float32)
+            wt_prev = tl.load(g_ptr + g_off + 2 * channels, mask=mask, other=0.0).to(tl.float32)
+            wt_self = tl.load(g_ptr + g_off + 3 * channels, mask=mask, other=0.0).to(tl.float32)
+            wt_next = tl.load(g_ptr + g_off + 4 * channels, mask=mask, other=0.0).to(tl.float32)
+            line_pos = p[:, None] * channels + c[None, :]
+            this_line = state_base + t * line_elems + line_pos
+            h = tl.load(this_line, mask=mask, other=0.0)
+            has_line_before = t > 0
+            h_left = tl.load(this_line - line_elems - channels, mask=mask & has_prev & has_line_before, other=0.0)
+            h_mid = tl.load(this_line - line_elems, mask=mask & has_line_before, other=0.0)
+            h_right = tl.load(this_line - line_elems + channels, mask=mask & has_next & has_line_before, other=0.0)
 
-        # adjoint a = dL/dh[t]: own output plus what line t+1 drew from p (slot of step - 1)
-        read_slot = carry_base + ((step + 1) % 2) * 2 * carry_line_elems + line_pos
-        from_right = tl.load(read_slot + channels, mask=mask_next & (step > 0), other=0.0)  # q_prev[t+1, p+1]
-        from_left = tl.load(read_slot + carry_line_elems - channels, mask=mask_prev & (step > 0), other=0.0)
-        adj = dy * u + q_self + from_right + from_left
+            # adjoint a = dL/dh[t]: own output plus what line t+1 drew from p
+            later = step > 0
+            from_right = tl.load(read_slot + line_pos + channels, mask=mask & has_next & later, other=0.0)
+            from_self = tl.load(read_slot + carry_line_elems + line_pos, mask=mask & later, other=0.0)
+            from_left = tl.load(
+                read_slot + 2 * carry_line_elems + line_pos - channels, mask=mask & has_prev & later, other=0.0
+            )
+            adj = dy * u + from_self + from_right + from_left
 
-        gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
-        gate_self = _sigmoid(wt_self)
-        gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
-        total = gate_prev + gate_self + gate_next
-        norm = tl.maximum(total, _EPS)
-        w_prev = gate_prev / norm
-        w_self = gate_self / norm
-        w_next = gate_next / norm
+            gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
+            gate_self = _sigmoid(wt_self)
+            gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
+            total = gate_prev + gate_self + gate_next
+            norm = tl.maximum(total, _EPS)
+            w_prev = gate_prev / norm
+            w_self = gate_self / norm
+            w_next = gate_next / norm
+            tl.store(write_slot + line_pos, w_prev * adj, mask=mask)
+            tl.store(write_slot + carry_line_elems + line_pos, w_self * adj, mask=mask)
+            tl.store(write_slot + 2 * carry_line_elems + line_pos, w_next * adj, mask=mask)
 
-        write_slot = carry_base + (step % 2) * 2 * carry_line_elems + line_pos
-        tl.store(write_slot, w_prev * adj, mask=mask)
-        tl.store(write_slot + carry_line_elems, w_next * adj, mask=mask)
-        q_self = w_self * adj
+            # weights: w_k = gate_k / max(sum gates, eps); gate_k = sigmoid(logit_k) where valid
+            dw_prev = adj * h_left
+            dw_self = adj * h_mid
+            dw_next = adj * h_right
+            d_norm = -(dw_prev * w_prev + dw_self * w_self + dw_next * w_next) / norm
+            d_total = tl.where(total >= _EPS, d_norm, 0.0)
+            d_prev = tl.where(has_prev, (dw_prev / norm + d_total) * gate_prev * (1.0 - gate_prev), 0.0)
+            d_self = (dw_self / norm + d_total) * gate_self * (1.0 - gate_self)
+            d_next = tl.where(has_next, (dw_next / norm + d_total) * gate_next * (1.0 - gate_next), 0.0)
 
-        # weights: w_k = gate_k / max(sum gates, eps); gate_k = sigmoid(logit_k) where valid
-        dw_prev = adj * h_left
-        dw_self = adj * h_mid
-        dw_next = adj * h_right
-        d_norm = -(dw_prev * w_prev + dw_self * w_self + dw_next * w_next) / norm
-        d_total = tl.where(total >= _EPS, d_norm, 0.0)
-        d_prev = tl.where(has_prev, (dw_prev / norm + d_total) * gate_prev * (1.0 - gate_prev), 0.0)
-        d_self = (dw_self / norm + d_total) * gate_self * (1.0 - gate_self)
-        d_next = tl.where(has_next, (dw_next / norm + d_total) * gate_next * (1.0 - gate_next), 0.0)
-
-        dg_row = dg_ptr + g_off
-        out_ty = dg_ptr.dtype.element_ty
-        tl.store(dg_row, (adj * z).to(out_ty), mask=mask)
-        tl.store(dg_row + channels, (dy * h).to(out_ty), mask=mask)
-        tl.store(dg_row + 2 * channels, d_prev.to(out_ty), mask=mask)
-        tl.store(dg_row + 3 * channels, d_self.to(out_ty), mask=mask)
-        tl.store(dg_row + 4 * channels, d_next.to(out_ty), mask=mask)
-        tl.store(dz_base + z_off, adj * lam, mask=mask)
+            dg_row = dg_ptr + g_off
+            tl.store(dg_row, (adj * z).to(out_ty), mask=mask)
+            tl.store(dg_row + channels, (dy * h).to(out_ty), mask=mask)
+            tl.store(dg_row + 2 * channels, d_prev.to(out_ty), mask=mask)
+            tl.store(dg_row + 3 * channels, d_self.to(out_ty), mask=mask)
+            tl.store(dg_row + 4 * channels, d_next.to(out_ty), mask=mask)
+            tl.store(dz_base + z_off, adj * lam, mask=mask)
         tl.debug_barrier()
 
 
@@ -267,12 +267,19 @@ def _merge_directions_kernel(partial_ptr, out_ptr, numel, BLOCK: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 
-def launch_config(height: int, width: int, channels: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_C, num_warps): the whole line in one block, about 4096 elements a tile."""
-    block_m = triton.next_power_of_2(max(height, width))
-    block_c = max(1, min(triton.next_power_of_2(channels), 4096 // block_m))
-    block_c = max(block_c, min(8, triton.next_power_of_2(channels)))  # 16-byte bf16 segments
-    num_warps = 8 if block_m * block_c >= 4096 else 4
+def launch_config(batch: int, height: int, width: int, channels: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_C, num_warps).
+
+    Whole 64-channel rows a program while the grid fills the GPU (each position then reads
+    five consecutive 128-byte lines: DRAM-friendly), halved down to 16 channels while there are
+    fewer programs than SMs; lines in chunks of up to 2048 / BLOCK_C positions.
+    """
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    block_c = min(triton.next_power_of_2(channels), 64)
+    while block_c > 16 and batch * NUM_DIRECTIONS * triton.cdiv(channels, block_c) < sms:
+        block_c //= 2
+    block_m = min(triton.next_power_of_2(max(height, width)), max(16, 2048 // block_c))
+    num_warps = 8 if block_m * block_c >= 2048 else 4
     return block_m, block_c, num_warps
 
 
@@ -290,7 +297,7 @@ def _propagate_fwd(
     """Forward launch. Returns (Y, states); states is (4, B, H*W, Cc) float32 or empty."""
     z, g = z.contiguous(), g.contiguous()
     batch, height, width, channels = z.shape
-    block_m, block_c, num_warps = config or launch_config(height, width, channels)
+    block_m, block_c, num_warps = config or launch_config(batch, height, width, channels, z.device)
     partials = torch.empty((NUM_DIRECTIONS, *z.shape), device=z.device, dtype=torch.float32)
     if save_states:
         states = torch.empty((NUM_DIRECTIONS, batch, height * width, channels), device=z.device, dtype=torch.float32)
@@ -332,9 +339,9 @@ def _propagate_bwd(
     """Backward launch from the saved states. Returns (dZ, dG) in the input dtype."""
     z, g, dy = z.contiguous(), g.contiguous(), dy.contiguous().to(z.dtype)
     batch, height, width, channels = z.shape
-    block_m, block_c, num_warps = config or launch_config(height, width, channels)
+    block_m, block_c, num_warps = config or launch_config(batch, height, width, channels, z.device)
     carry_line = max(height, width) * channels
-    carry = torch.empty((NUM_DIRECTIONS, batch, 2, 2, carry_line), device=z.device, dtype=torch.float32)
+    carry = torch.empty((NUM_DIRECTIONS, batch, 2, 3, carry_line), device=z.device, dtype=torch.float32)
     dz_partials = torch.empty((NUM_DIRECTIONS, *z.shape), device=z.device, dtype=torch.float32)
     dg = torch.empty_like(g)
     grid = (triton.cdiv(channels, block_c), NUM_DIRECTIONS, batch)

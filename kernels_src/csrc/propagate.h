@@ -10,6 +10,7 @@ namespace cgspn {
 constexpr int kDirections = 4;
 constexpr int kFields = 5;  // lambda, u, wt_prev, wt_self, wt_next
 constexpr float kWeightEps = 1e-6f;
+constexpr int kMaxThreads = 512;  // threads a block (launch bound: up to 128 registers a thread)
 
 // All tensors contiguous. z, dy: (B, H, W, C); g, dg: (B, H, W, 20*C) in the input dtype;
 // partial, dz_partial: (4, B*H*W*C) float32; states: (4, B, H*W, C) float32, line-major per
@@ -34,7 +35,7 @@ struct LaunchShape {
   int vec = 1;       // channels a thread (16-byte loads when the dtype and C allow)
   int lanes = 1;     // threads along channels
   int threads_p = 1; // threads along the line
-  int ppt = 1;       // positions a thread (template: 1 or 8)
+  int ppt = 1;       // positions a thread (template: 1, 2, 4 or 8)
 };
 
 enum class DType { kFloat32, kBFloat16, kFloat16 };

@@ -32,22 +32,31 @@ int next_pow2(int x) {
   return p;
 }
 
-// Channel block of 32 bytes (one sector) per position, 16-byte loads when C allows it; the
-// whole line across the block's position threads (1 position a thread up to 1024 threads).
-LaunchShape choose_shape(int height, int width, int channels, at::ScalarType dtype) {
+// A block scans one (channel block, direction, batch): whole 64-channel rows when the grid
+// fills the GPU (a warp then reads whole 128-byte lines, five consecutive lines a position:
+// DRAM-friendly), halved down to 16 channels (32 bytes) while there are fewer blocks than SMs.
+// The line is spread over the block's position threads, PPT positions a thread.
+LaunchShape choose_shape(int batch, int height, int width, int channels, at::ScalarType dtype) {
   const int elem = static_cast<int>(c10::elementSize(dtype));
   const int full_vec = 16 / elem;
   LaunchShape shape;
   shape.vec = channels % full_vec == 0 ? full_vec : 1;
-  const int block_channels = std::min(next_pow2(channels), shape.vec == 1 ? 8 : 32 / elem);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int min_block_channels = std::max(shape.vec, 32 / elem);
+  int block_channels = std::max(min_block_channels, std::min(next_pow2(channels), 64));
+  while (block_channels > min_block_channels &&
+         static_cast<int64_t>(batch) * kDirections * ((channels + block_channels - 1) / block_channels) < sms)
+    block_channels /= 2;
   shape.lanes = std::max(1, block_channels / shape.vec);
   const int len = std::max(height, width);
-  shape.ppt = len * shape.lanes <= 1024 ? 1 : 8;
+  while (shape.lanes > 1 && ((len + 7) / 8) * shape.lanes > kMaxThreads) shape.lanes /= 2;  // very long lines
+  shape.ppt = 1;
+  while (shape.ppt < 8 && ((len + shape.ppt - 1) / shape.ppt) * shape.lanes > kMaxThreads) shape.ppt *= 2;
   const int threads_p = (len + shape.ppt - 1) / shape.ppt;
   const int threads = ((threads_p * shape.lanes + 31) / 32) * 32;
   shape.threads_p = threads / shape.lanes;
-  TORCH_CHECK(shape.lanes * shape.threads_p <= 1024, "propagate: lines of ", len,
-              " positions are longer than this kernel supports (", 8 * 1024 / shape.lanes, ")");
+  TORCH_CHECK(shape.lanes <= 32 && shape.lanes * shape.threads_p <= kMaxThreads, "propagate: lines of ", len,
+              " positions with ", block_channels, " channels a block exceed this kernel's limits");
   return shape;
 }
 
@@ -121,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> propagate_fwd(const at::Tensor& z_in, const a
   p.channels = C;
   p.numel = z.numel();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  launch_propagate_fwd(p, choose_shape(H, W, C, z.scalar_type()), dtype, stream);
+  launch_propagate_fwd(p, choose_shape(B, H, W, C, z.scalar_type()), dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_merge_directions(partial.data_ptr<float>(), y.data_ptr(), p.numel, dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -158,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor> propagate_bwd(const at::Tensor& dy_in, const 
   p.channels = C;
   p.numel = z.numel();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  launch_propagate_bwd(p, choose_shape(H, W, C, z.scalar_type()), dtype, stream);
+  launch_propagate_bwd(p, choose_shape(B, H, W, C, z.scalar_type()), dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_merge_directions(dz_partial.data_ptr<float>(), dz.data_ptr(), p.numel, dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

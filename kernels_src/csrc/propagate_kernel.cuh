@@ -108,7 +108,7 @@ struct Weights {
 };
 
 template <typename T, int VEC, int PPT>
-__global__ void __launch_bounds__(1024) propagate_fwd_kernel(const PropagateParams p) {
+__global__ void __launch_bounds__(kMaxThreads) propagate_fwd_kernel(const PropagateParams p) {
   extern __shared__ float smem[];  // [2 slots][PPT * blockDim.y positions][channel block]
   const int lanes = blockDim.x;
   const int cb = lanes * VEC;
@@ -128,23 +128,10 @@ __global__ void __launch_bounds__(1024) propagate_fwd_kernel(const PropagatePara
                       : p.states_out + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * p.channels;
 
   float h[PPT][VEC];
-  Fields<VEC> cur[PPT], nxt[PPT];
 #pragma unroll
-  for (int k = 0; k < PPT; ++k) {
-    zero(h[k]);
-    const int pos = threadIdx.y + k * blockDim.y;
-    if (c_ok && pos < len) load_fields<T, VEC>(z, g, geo.cell(grid_base, 0, pos), p.channels, direction, c0, cur[k]);
-  }
+  for (int k = 0; k < PPT; ++k) zero(h[k]);
 
   for (int t = 0; t < geo.num_lines; ++t) {
-    if (t + 1 < geo.num_lines) {  // prefetch the next line while this one is computed
-#pragma unroll
-      for (int k = 0; k < PPT; ++k) {
-        const int pos = threadIdx.y + k * blockDim.y;
-        if (c_ok && pos < len)
-          load_fields<T, VEC>(z, g, geo.cell(grid_base, t + 1, pos), p.channels, direction, c0, nxt[k]);
-      }
-    }
     const float* prev_line = smem + ((t + 1) & 1) * slots * cb;
     float* this_line = smem + (t & 1) * slots * cb;
 #pragma unroll
@@ -153,6 +140,9 @@ __global__ void __launch_bounds__(1024) propagate_fwd_kernel(const PropagatePara
       if (!c_ok || pos >= len) continue;
       const bool has_prev = pos >= 1;
       const bool has_next = pos + 1 < len;
+      const int64_t cell = geo.cell(grid_base, t, pos);
+      Fields<VEC> f;
+      load_fields<T, VEC>(z, g, cell, p.channels, direction, c0, f);
       float left[VEC], right[VEC], out[VEC];
       zero(left);
       zero(right);
@@ -164,7 +154,6 @@ __global__ void __launch_bounds__(1024) propagate_fwd_kernel(const PropagatePara
           if (has_next) right[v] = prev_line[(pos + 1) * cb + lane_off + v];
         }
       }
-      const Fields<VEC>& f = cur[k];
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
         const Weights w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
@@ -174,18 +163,15 @@ __global__ void __launch_bounds__(1024) propagate_fwd_kernel(const PropagatePara
         out[v] = f.u[v] * hv;
         this_line[pos * cb + lane_off + v] = hv;
       }
-      const int64_t cell = geo.cell(grid_base, t, pos);
       store_vec<float, VEC>(partial + cell * p.channels + c0, out);
       if (states != nullptr) store_vec<float, VEC>(states + (static_cast<int64_t>(t) * len + pos) * p.channels + c0, h[k]);
     }
     __syncthreads();
-#pragma unroll
-    for (int k = 0; k < PPT; ++k) cur[k] = nxt[k];
   }
 }
 
 template <typename T, int VEC, int PPT>
-__global__ void __launch_bounds__(1024) propagate_bwd_kernel(const PropagateParams p) {
+__global__ void __launch_bounds__(kMaxThreads) propagate_bwd_kernel(const PropagateParams p) {
   // [2 slots][q_prev, q_next][positions][channel block]: what line t+1 drew from each position
   extern __shared__ float smem[];
   const int lanes = blockDim.x;
@@ -308,18 +294,22 @@ void launch_scan(Kernel kernel, const PropagateParams& params, const LaunchShape
 
 template <typename T, int VEC>
 void launch_fwd_vec(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  if (shape.ppt == 1)
-    launch_scan(propagate_fwd_kernel<T, VEC, 1>, params, shape, 1, 1, stream);
-  else
-    launch_scan(propagate_fwd_kernel<T, VEC, 8>, params, shape, 8, 1, stream);
+  switch (shape.ppt) {
+    case 1: launch_scan(propagate_fwd_kernel<T, VEC, 1>, params, shape, 1, 1, stream); break;
+    case 2: launch_scan(propagate_fwd_kernel<T, VEC, 2>, params, shape, 2, 1, stream); break;
+    case 4: launch_scan(propagate_fwd_kernel<T, VEC, 4>, params, shape, 4, 1, stream); break;
+    default: launch_scan(propagate_fwd_kernel<T, VEC, 8>, params, shape, 8, 1, stream); break;
+  }
 }
 
 template <typename T, int VEC>
 void launch_bwd_vec(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  if (shape.ppt == 1)
-    launch_scan(propagate_bwd_kernel<T, VEC, 1>, params, shape, 1, 2, stream);
-  else
-    launch_scan(propagate_bwd_kernel<T, VEC, 8>, params, shape, 8, 2, stream);
+  switch (shape.ppt) {
+    case 1: launch_scan(propagate_bwd_kernel<T, VEC, 1>, params, shape, 1, 2, stream); break;
+    case 2: launch_scan(propagate_bwd_kernel<T, VEC, 2>, params, shape, 2, 2, stream); break;
+    case 4: launch_scan(propagate_bwd_kernel<T, VEC, 4>, params, shape, 4, 2, stream); break;
+    default: launch_scan(propagate_bwd_kernel<T, VEC, 8>, params, shape, 8, 2, stream); break;
+  }
 }
 
 // Explicit per-dtype entry points (one .cu file each instantiates one dtype).
