@@ -1,6 +1,7 @@
 """Short CPU training runs of every stage: losses go down, exports hold the student only, pushes go to the hub API."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -118,3 +119,51 @@ def test_push_to_hub_uses_the_hub_api(tmp_path, raw_images, monkeypatch):
     assert kwargs["repo_id"] == "me/cgspn-tiny" and "checkpoints/**" in kwargs["ignore_patterns"]
     assert {"README.md", "config.json", "model.safetensors"} <= set(files)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "cgspn_vision_model"
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, raw_images):
+    exported = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        teacher, student = tiny_pair(num_layers=2)
+        args = _args(tmp_path / f"b{batch}", max_steps=3, per_device_batch_size=batch)
+        args.gradient_accumulation_steps = accumulation
+        distill_stage2(teacher, student, _dataset(raw_images), args, distill_every=1)
+        exported.append(load_file(tmp_path / f"b{batch}" / "model.safetensors"))
+    for key in exported[0]:
+        torch.testing.assert_close(exported[1][key], exported[0][key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one mixed-precision setting per process: reset it around a bf16 run."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_dual_encoder_student_bf16_keeps_its_text_tower(tmp_path, raw_images):
+    from cgspn import CGSPNConfig, CGSPNModel
+
+    vision = tiny_pair(num_layers=2)[0].config.to_dict()
+    text = {"model_type": "siglip_text_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    text.update(num_attention_heads=4, vocab_size=64, max_position_embeddings=16, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    teacher = CGSPNModel(CGSPNConfig(vision_config=vision, text_config=text))
+    from cgspn.training import student_from_teacher
+
+    student = student_from_teacher(teacher)
+    assert student.config.vision_config.propagation_layer_indices == [0, 1]
+    text_before = {k: v.clone() for k, v in student.text_model.state_dict().items()}
+    vision_before = {k: v.clone() for k, v in student.vision_model.state_dict().items()}
+    args = _args(tmp_path, max_steps=2, mixed_precision="bf16", gradient_checkpointing=True)
+    result = distill_stage2(teacher, student, _dataset(raw_images), args, distill_every=1)
+    assert result.finished and all(math.isfinite(loss) for loss in result.losses)
+    reloaded = CGSPNModel.from_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "cgspn"
+    for key, value in reloaded.text_model.state_dict().items():
+        torch.testing.assert_close(value, text_before[key])
+    changed = [k for k, v in reloaded.vision_model.state_dict().items() if not torch.equal(v, vision_before[k])]
+    assert any(".mixer.down." in k for k in changed)
