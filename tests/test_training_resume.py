@@ -49,6 +49,10 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert names == ["checkpoint_2", "checkpoint_3"]
     assert latest_checkpoint(tmp_path / "split").name == "checkpoint_3"
     assert (latest_checkpoint(tmp_path / "split") / "model.safetensors").is_file()
+    # resuming a finished run trains nothing and writes no new checkpoint
+    again = _run(tmp_path / "split", resume=True)
+    assert again.finished and again.global_step == 6 and again.losses == []
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir()) == names
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path):

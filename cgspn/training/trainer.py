@@ -250,15 +250,17 @@ class DistillationTrainer:
         )
         return optimizer, scheduler
 
-    def _resume(self, state: TrainState) -> None:
+    def _resume(self, state: TrainState) -> bool:
+        """Load the latest checkpoint (models, optimizer, scheduler, RNG, loop position); False if there is none."""
         checkpoint = latest_checkpoint(self.args.output_dir)
         if checkpoint is None:
             logger.warning("--resume: no checkpoint under %s; starting from scratch", self.args.output_dir)
-            return
+            return False
         self.accelerator.load_state(str(checkpoint))
         # load_state does not restore the automatic-naming counter: continue after the loaded checkpoint.
         self.accelerator.project_configuration.iteration = int(checkpoint.name.split("_")[1]) + 1
         logger.info("Resumed from %s at step %d", checkpoint, state.global_step)
+        return True
 
     def train(self) -> TrainResult:
         """Run until ``max_steps`` (or ``stop_after_steps`` more steps), checkpoint, export, push."""
@@ -270,11 +272,14 @@ class DistillationTrainer:
         self.task.teacher.to(accelerator.device)
         state = TrainState()
         accelerator.register_for_checkpointing(state)
-        if args.resume:
-            self._resume(state)
+        self._last_saved_step = -1
+        if args.resume and self._resume(state):
+            self._last_saved_step = state.global_step
         trackers = _trackers(args.report_to)
         if trackers:
-            config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
+            config = {
+                k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
+            }
             accelerator.init_trackers(f"cgspn-{self.task.name}", config={**config, "stage": self.task.name})
         global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
         accelerator.print(
@@ -320,7 +325,6 @@ class DistillationTrainer:
         micro_batches = images = 0
         start = time.perf_counter()
         self._throughput = 0.0
-        self._last_saved_step = -1
         self._step_times: list[float] = []
         while state.global_step < stop_at:
             dataloader.set_epoch(state.epoch)
