@@ -84,6 +84,12 @@ def vit_cgspn_test_patch8_reg2_32(pretrained: bool = False, **kwargs) -> VisionT
     return _timm_vit(defaults, kwargs)
 
 
+@register_model
+def vit_cgspn_test_patch8_siglip_36(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Like the tiny SigLIP tower at 36 px: not a multiple of the patch (as SO400M/14 at 384)."""
+    return vit_cgspn_test_patch8_siglip_32(pretrained, **{"img_size": 36, **kwargs})
+
+
 TINY_CONFIGS = {
     TINY_VIT: {
         "embed_dim": 24,
@@ -319,6 +325,40 @@ def test_vision_only_open_clip_and_taps(teachers):
         torch.testing.assert_close(taps.records[index]["pb"][:, 1:], features, atol=ATOL, rtol=0)
     expected = teacher.visual.ln_post(teacher.visual.transformer(teacher.visual._embeds(pixels)))[:, 0]
     torch.testing.assert_close(pooled, expected.detach(), atol=ATOL, rtol=0)
+
+
+def test_image_size_not_a_patch_multiple():
+    """timm/open_clip drop the remainder pixels in the patch convolution; C-GSPN sees the same pixels cropped."""
+    torch.manual_seed(0)
+    teacher = _randomize(
+        open_clip.CustomTextCLIP(
+            embed_dim=WIDTH,
+            vision_cfg={
+                "image_size": 36,
+                "timm_model_name": "vit_cgspn_test_patch8_siglip_36",
+                "timm_proj": "none",
+                "timm_pool": "map",
+            },
+            text_cfg={
+                "context_length": CONTEXT,
+                "vocab_size": 100,
+                "width": WIDTH,
+                "heads": HEADS,
+                "layers": 1,
+                "no_causal_mask": True,
+                "proj_bias": True,
+                "pool_type": "last",
+            },
+        )
+    )
+    spec = resolve_teacher(teacher)
+    assert spec.vision_config.image_size == 36 and any("[..., :32, :32]" in note for note in spec.notes)
+    converted = load_teacher(teacher)
+    pixels = torch.randn(2, 3, 36, 36)
+    with torch.no_grad():
+        expected = teacher.encode_image(pixels)
+        got = converted.get_image_features(pixels[..., :32, :32]).pooler_output
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------------------------
