@@ -61,9 +61,9 @@ def folders(tmp_path_factory):
     return root
 
 
-def _flags(folders, output_dir, batch_size):
+def _flags(folders, output_dir, batch_size, stage="stage2"):
     return [
-        "stage2",
+        stage,
         "--teacher", str(folders / "teacher"),
         "--student", str(folders / "student"),
         "--data", str(folders / "data"),
@@ -72,14 +72,18 @@ def _flags(folders, output_dir, batch_size):
         "--max-steps", "3",
         "--learning-rate", "1e-3",
         "--warmup-steps", "1",
-        "--distill-every", "2",
         "--save-steps", "2",
         "--report-to", "none",
         "--cpu",
-    ]  # fmt: skip
+    ] + (["--distill-every", "2"] if stage != "stage1" else [])  # fmt: skip
 
 
-def test_two_processes_match_one_process(folders, tmp_path):
+@pytest.mark.parametrize(
+    ("stage", "extra"),
+    [("stage2", []), ("stage1", ["--streaming", "--shuffle-buffer", "8"])],
+    ids=["stage2-map-style", "stage1-streaming"],
+)
+def test_two_processes_match_one_process(folders, tmp_path, stage, extra):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     env = {
         **os.environ,
@@ -90,10 +94,15 @@ def test_two_processes_match_one_process(folders, tmp_path):
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cgspn.training.cli"]
     process = subprocess.run(
-        launch + _flags(folders, tmp_path / "two", 2), env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+        launch + _flags(folders, tmp_path / "two", 2, stage) + extra,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert process.returncode == 0, process.stderr[-4000:]
-    assert main(_flags(folders, tmp_path / "one", 4)) == 0
+    assert main(_flags(folders, tmp_path / "one", 4, stage) + extra) == 0
     one = load_file(tmp_path / "one" / "model.safetensors")
     two = load_file(tmp_path / "two" / "model.safetensors")
     initial = load_file(folders / "student" / "model.safetensors")

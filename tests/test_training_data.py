@@ -95,6 +95,12 @@ def test_glob_and_errors(sources):
         find_image_column(image_dataset(2), "picture")
 
 
+def test_hub_id_fails_clearly_offline(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConnectionError, match="someone/images"):
+        load_image_dataset("someone/images")
+
+
 def test_webdataset_image_column_is_detected(sources):
     assert find_image_column(load_image_dataset(sources / "shards")) == "png"
 
