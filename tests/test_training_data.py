@@ -95,6 +95,19 @@ def test_glob_and_errors(sources):
         find_image_column(image_dataset(2), "picture")
 
 
+def test_path_and_bytes_columns_are_decoded(tmp_path):
+    images = random_images(2, seed=9)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(str(tmp_path / f"{index}.png"))
+        image.save(paths[-1])
+    by_path = datasets.Dataset.from_dict({"image": paths})
+    by_bytes = datasets.Dataset.from_dict({"image": [{"bytes": _png(image), "path": None} for image in images]})
+    for dataset in (by_path, by_bytes):
+        item = prepare_dataset(dataset, build_image_processor(image_size=16), 16)[1]
+        assert item["pixel_values"].shape == (3, 16, 16)
+
+
 def test_hub_id_fails_clearly_offline(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConnectionError, match="someone/images"):

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp", "pixel_values")
+IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -185,10 +185,13 @@ def prepare_dataset(
     Map-style datasets are shuffled by the trainer's seeded sampler; streamed ones here, with a seeded buffer
     (``set_epoch`` reshuffles each epoch deterministically).
     """
-    from datasets import IterableDataset
+    from datasets import Image, IterableDataset
 
     column = find_image_column(dataset, image_column)
     dataset = dataset.select_columns([column])
+    feature = (dataset.features or {}).get(column)
+    if feature is not None and not isinstance(feature, Image):
+        dataset = dataset.cast_column(column, Image())  # paths or {"bytes", "path"} structs
     transform = ImageTransform(processor, column, image_size)
     if isinstance(dataset, IterableDataset):
         if shuffle_buffer > 1:
