@@ -167,3 +167,36 @@ def test_dual_encoder_student_bf16_keeps_its_text_tower(tmp_path, raw_images):
         torch.testing.assert_close(value, text_before[key])
     changed = [k for k, v in reloaded.vision_model.state_dict().items() if not torch.equal(v, vision_before[k])]
     assert any(".mixer.down." in k for k in changed)
+
+
+def test_metrics_reach_accelerate_trackers(tmp_path, raw_images):
+    from accelerate.tracking import GeneralTracker
+
+    from cgspn.training import DistillationTrainer, SublayerTask
+
+    class MemoryTracker(GeneralTracker):
+        name = "memory"
+        requires_logging_directory = False
+
+        def __init__(self):
+            super().__init__()
+            self.config, self.logs = None, []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.logs.append((step, values))
+
+    tracker = MemoryTracker()
+    teacher, student = tiny_pair(num_layers=2)
+    args = _args(tmp_path, max_steps=4, logging_steps=2, hub_token="secret")
+    DistillationTrainer(SublayerTask(teacher, student), _dataset(raw_images), args, trackers=[tracker]).train()
+    assert tracker.config["stage"] == "stage1" and tracker.config["max_steps"] == 4
+    assert "hub_token" not in tracker.config
+    assert [step for step, _ in tracker.logs] == [2, 4]
+    assert {"loss", "lr", "images_per_second", "mse_0", "mse_1"} <= set(tracker.logs[-1][1])

@@ -174,6 +174,7 @@ class DistillationTrainer:
         args: Training arguments (stage defaults filled in from ``task.name``).
         collate_fn: Batch collation (default: stack ``pixel_values``).
         card_info: Extra lines for the model card (teacher, data, ...).
+        trackers: Extra Accelerate trackers (``GeneralTracker`` instances) next to those named by ``report_to``.
     """
 
     def __init__(
@@ -183,6 +184,7 @@ class DistillationTrainer:
         args: TrainingArguments,
         collate_fn=None,
         card_info: dict[str, Any] | None = None,
+        trackers: list | None = None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -192,11 +194,12 @@ class DistillationTrainer:
         self.args = args.resolved("stage1" if task.name == "stage1" else "stage2")
         self.card_info = card_info or {}
         output_dir = Path(self.args.output_dir)
+        self.trackers = [*(_trackers(self.args.report_to) or []), *(trackers or [])]
         self.accelerator = Accelerator(
             cpu=self.args.cpu,
             mixed_precision=self.args.mixed_precision,
             gradient_accumulation_steps=self.args.gradient_accumulation_steps,
-            log_with=_trackers(self.args.report_to),
+            log_with=self.trackers or None,
             project_config=ProjectConfiguration(
                 project_dir=str(output_dir),
                 logging_dir=str(output_dir / "logs"),
@@ -275,8 +278,7 @@ class DistillationTrainer:
         self._last_saved_step = -1
         if args.resume and self._resume(state):
             self._last_saved_step = state.global_step
-        trackers = _trackers(args.report_to)
-        if trackers:
+        if self.trackers:
             config = {
                 k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
             }
