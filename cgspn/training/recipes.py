@@ -167,7 +167,7 @@ def distill_curriculum(
         if index == 0:
             phase_teacher, teacher_resolution = teacher, None
         else:
-            phase_teacher, teacher_resolution = frozen_copy(student), resolutions[index - 1]
+            phase_teacher, teacher_resolution = frozen_copy(vision_tower(student)), resolutions[index - 1]
         sampled = sorted({r for r in batch_resolutions or [] if r <= resolution} | {resolution})
         phase_args = replace(args, output_dir=str(phase_dir), push_to_hub=None)
         result = distill_stage2(
