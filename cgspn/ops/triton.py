@@ -59,7 +59,7 @@ def _line_geometry(direction, height, width):
 
 @triton.jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    return tl.div_rn(1.0, 1.0 + tl.exp(-x))
 
 
 @triton.jit(do_not_specialize=["batch", "height", "width", "numel", "state_dir_stride", "state_batch_stride"])
@@ -133,7 +133,12 @@ def _propagate_fwd_kernel(
             gate_self = _sigmoid(wt_self)
             gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
             norm = tl.maximum(gate_prev + gate_self + gate_next, _EPS)
-            h = (gate_prev / norm) * h_left + (gate_self / norm) * h_mid + (gate_next / norm) * h_right + lam * z
+            h = (
+                tl.div_rn(gate_prev, norm) * h_left
+                + tl.div_rn(gate_self, norm) * h_mid
+                + tl.div_rn(gate_next, norm) * h_right
+                + lam * z
+            )
 
             tl.store(state_base + slot * line_elems + state_pos, h, mask=mask)
             tl.store(partial_base + z_off, u * h, mask=mask)
@@ -223,9 +228,9 @@ def _propagate_bwd_kernel(
             gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
             total = gate_prev + gate_self + gate_next
             norm = tl.maximum(total, _EPS)
-            w_prev = gate_prev / norm
-            w_self = gate_self / norm
-            w_next = gate_next / norm
+            w_prev = tl.div_rn(gate_prev, norm)
+            w_self = tl.div_rn(gate_self, norm)
+            w_next = tl.div_rn(gate_next, norm)
             tl.store(write_slot + line_pos, w_prev * adj, mask=mask)
             tl.store(write_slot + carry_line_elems + line_pos, w_self * adj, mask=mask)
             tl.store(write_slot + 2 * carry_line_elems + line_pos, w_next * adj, mask=mask)
@@ -234,11 +239,11 @@ def _propagate_bwd_kernel(
             dw_prev = adj * h_left
             dw_self = adj * h_mid
             dw_next = adj * h_right
-            d_norm = -(dw_prev * w_prev + dw_self * w_self + dw_next * w_next) / norm
+            d_norm = -tl.div_rn(dw_prev * w_prev + dw_self * w_self + dw_next * w_next, norm)
             d_total = tl.where(total >= _EPS, d_norm, 0.0)
-            d_prev = tl.where(has_prev, (dw_prev / norm + d_total) * gate_prev * (1.0 - gate_prev), 0.0)
-            d_self = (dw_self / norm + d_total) * gate_self * (1.0 - gate_self)
-            d_next = tl.where(has_next, (dw_next / norm + d_total) * gate_next * (1.0 - gate_next), 0.0)
+            d_prev = tl.where(has_prev, (tl.div_rn(dw_prev, norm) + d_total) * gate_prev * (1.0 - gate_prev), 0.0)
+            d_self = (tl.div_rn(dw_self, norm) + d_total) * gate_self * (1.0 - gate_self)
+            d_next = tl.where(has_next, (tl.div_rn(dw_next, norm) + d_total) * gate_next * (1.0 - gate_next), 0.0)
 
             dg_row = dg_ptr + g_off
             tl.store(dg_row, (adj * z).to(out_ty), mask=mask)
@@ -272,11 +277,11 @@ def launch_config(batch: int, height: int, width: int, channels: int, device: to
 
     Whole 64-channel rows a program while the grid fills the GPU (each position then reads
     five consecutive 128-byte lines: DRAM-friendly), halved down to 16 channels while there are
-    fewer programs than SMs; lines in chunks of up to 2048 / BLOCK_C positions.
+    fewer programs than half the SMs; lines in chunks of up to 2048 / BLOCK_C positions.
     """
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     block_c = min(triton.next_power_of_2(channels), 64)
-    while block_c > 16 and batch * NUM_DIRECTIONS * triton.cdiv(channels, block_c) < sms:
+    while block_c > 16 and 2 * batch * NUM_DIRECTIONS * triton.cdiv(channels, block_c) < sms:
         block_c //= 2
     block_m = min(triton.next_power_of_2(max(height, width)), max(16, 2048 // block_c))
     num_warps = 8 if block_m * block_c >= 2048 else 4

@@ -36,6 +36,7 @@ struct LaunchShape {
   int lanes = 1;     // threads along channels
   int threads_p = 1; // threads along the line
   int ppt = 1;       // positions a thread (template: 1, 2, 4 or 8)
+  bool prefetch = true;  // forward: stage the next line with cp.async when it fits shared memory
 };
 
 enum class DType { kFloat32, kBFloat16, kFloat16 };

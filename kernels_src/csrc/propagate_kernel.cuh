@@ -170,6 +170,147 @@ __global__ void __launch_bounds__(kMaxThreads) propagate_fwd_kernel(const Propag
   }
 }
 
+// cp.async (sm_80+): 16-byte global -> shared copies that complete in the background.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+constexpr int kChunks = 6;  // z, lambda, u, wt_prev, wt_self, wt_next: one 16-byte chunk each
+
+// Forward with the next line's inputs in flight while this line is computed: every thread
+// copies its own 16-byte chunks (cp.async) into a private shared-memory slot, so no barrier
+// guards them. Shared memory: [2 line slots of h][threads x PPT x 6 chunks].
+template <typename T, int PPT>
+__global__ void __launch_bounds__(kMaxThreads) propagate_fwd_prefetch_kernel(const PropagateParams p) {
+  constexpr int VEC = 16 / sizeof(T);
+  extern __shared__ __align__(16) float smem[];
+  const int lanes = blockDim.x;
+  const int cb = lanes * VEC;
+  const int slots = blockDim.y * PPT;
+  const int c0 = blockIdx.x * cb + threadIdx.x * VEC;
+  const int direction = blockIdx.y;
+  const int b = blockIdx.z;
+  const LineGeometry geo(direction, p.height, p.width);
+  const int len = geo.line_len;
+  const int channels = p.channels;
+  const bool c_ok = c0 < channels;
+  const T* z = static_cast<const T*>(p.z);
+  const T* g = static_cast<const T*>(p.g);
+  const int64_t grid_base = static_cast<int64_t>(b) * p.height * p.width;
+  float* partial = p.partial + direction * p.numel;
+  float* states = p.states_out == nullptr
+                      ? nullptr
+                      : p.states_out + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * channels;
+  const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+  uint4* staged = reinterpret_cast<uint4*>(smem + 2 * slots * cb) + thread * PPT * kChunks;
+  const int lane_off = threadIdx.x * VEC;
+
+  // cp.async of position slot k's inputs on the t-th line (one chunk per input)
+  auto issue = [&](int t, int k, int pos) {
+    const int64_t cell = geo.cell(grid_base, t, pos);
+    const T* row = g + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
+    uint4* dst = staged + k * kChunks;
+    cp_async16(dst, z + cell * channels + c0);
+#pragma unroll
+    for (int f = 0; f < kFields; ++f) cp_async16(dst + 1 + f, row + f * channels);
+  };
+
+  float h[PPT][VEC];
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) {
+    zero(h[k]);
+    const int pos = threadIdx.y + k * blockDim.y;
+    if (c_ok && pos < len) issue(0, k, pos);
+  }
+  cp_async_commit();
+
+  for (int t = 0; t < geo.num_lines; ++t) {
+    const float* prev_line = smem + ((t + 1) & 1) * slots * cb;
+    float* this_line = smem + (t & 1) * slots * cb;
+    cp_async_wait_all();
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+      const int pos = threadIdx.y + k * blockDim.y;
+      if (!c_ok || pos >= len) continue;
+      Fields<VEC> f;  // this line's inputs out of the staging slot, then the slot refills
+      const Pack<T, VEC>* chunk = reinterpret_cast<const Pack<T, VEC>*>(staged + k * kChunks);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        f.z[v] = to_float(chunk[0].v[v]);
+        f.lam[v] = to_float(chunk[1].v[v]);
+        f.u[v] = to_float(chunk[2].v[v]);
+        f.wt_prev[v] = to_float(chunk[3].v[v]);
+        f.wt_self[v] = to_float(chunk[4].v[v]);
+        f.wt_next[v] = to_float(chunk[5].v[v]);
+      }
+      if (t + 1 < geo.num_lines) issue(t + 1, k, pos);  // the next line streams in meanwhile
+      const bool has_prev = pos >= 1;
+      const bool has_next = pos + 1 < len;
+      float left[VEC], right[VEC], out[VEC];
+      zero(left);
+      zero(right);
+      if (t > 0) {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          if (has_prev) left[v] = prev_line[(pos - 1) * cb + lane_off + v];
+          if (has_next) right[v] = prev_line[(pos + 1) * cb + lane_off + v];
+        }
+      }
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        const Weights w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
+        const float hv = (w.gate_prev / w.norm) * left[v] + (w.gate_self / w.norm) * h[k][v] +
+                         (w.gate_next / w.norm) * right[v] + f.lam[v] * f.z[v];
+        h[k][v] = hv;
+        out[v] = f.u[v] * hv;
+        this_line[pos * cb + lane_off + v] = hv;
+      }
+      const int64_t cell = geo.cell(grid_base, t, pos);
+      store_vec<float, VEC>(partial + cell * channels + c0, out);
+      if (states != nullptr) store_vec<float, VEC>(states + (static_cast<int64_t>(t) * len + pos) * channels + c0, h[k]);
+    }
+    cp_async_commit();
+    __syncthreads();
+  }
+}
+
+// Shared memory of the prefetching forward, or 0 when it does not fit the device.
+inline size_t prefetch_smem_bytes(const LaunchShape& shape) {
+  const size_t exchange = static_cast<size_t>(2) * shape.threads_p * shape.ppt * shape.lanes * shape.vec * sizeof(float);
+  const size_t staging = static_cast<size_t>(shape.lanes) * shape.threads_p * shape.ppt * kChunks * 16;
+  int device = 0, optin = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  return exchange + staging <= static_cast<size_t>(optin) ? exchange + staging : 0;
+}
+
+template <typename Kernel>
+void launch_prefetch(Kernel kernel, const PropagateParams& params, const LaunchShape& shape, size_t smem,
+                     cudaStream_t stream) {
+  const dim3 block(shape.lanes, shape.threads_p);
+  const dim3 grid((params.channels + shape.lanes * shape.vec - 1) / (shape.lanes * shape.vec), kDirections,
+                  params.batch);
+  if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  kernel<<<grid, block, smem, stream>>>(params);
+}
+
+template <typename T>
+bool try_launch_fwd_prefetch(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+  if (shape.vec * static_cast<int>(sizeof(T)) != 16) return false;
+  const size_t smem = prefetch_smem_bytes(shape);
+  if (smem == 0) return false;
+  switch (shape.ppt) {
+    case 1: launch_prefetch(propagate_fwd_prefetch_kernel<T, 1>, params, shape, smem, stream); break;
+    case 2: launch_prefetch(propagate_fwd_prefetch_kernel<T, 2>, params, shape, smem, stream); break;
+    case 4: launch_prefetch(propagate_fwd_prefetch_kernel<T, 4>, params, shape, smem, stream); break;
+    default: launch_prefetch(propagate_fwd_prefetch_kernel<T, 8>, params, shape, smem, stream); break;
+  }
+  return true;
+}
+
 template <typename T, int VEC, int PPT>
 __global__ void __launch_bounds__(kMaxThreads) propagate_bwd_kernel(const PropagateParams p) {
   // [2 slots][q_prev, q_next][positions][channel block]: what line t+1 drew from each position
@@ -316,6 +457,7 @@ void launch_bwd_vec(const PropagateParams& params, const LaunchShape& shape, cud
 template <typename T>
 void launch_fwd_typed(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
+  if (shape.prefetch && try_launch_fwd_prefetch<T>(params, shape, stream)) return;
   if (shape.vec == kVec)
     launch_fwd_vec<T, kVec>(params, shape, stream);
   else
