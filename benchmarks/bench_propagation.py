@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -200,6 +201,41 @@ def bench_triton_configs(grid: int) -> dict:
     return results
 
 
+CUDA_CONFIGS = {  # launch-shape overrides read by the CUDA kernel's host code
+    "default": {},
+    "no_prefetch": {"CGSPN_CUDA_PREFETCH": "0"},
+    "vec4": {"CGSPN_CUDA_VEC_DIVISOR": "2"},
+    "vec4_no_prefetch": {"CGSPN_CUDA_VEC_DIVISOR": "2", "CGSPN_CUDA_PREFETCH": "0"},
+    "block32": {"CGSPN_CUDA_BLOCK_CHANNELS": "32"},
+    "block32_vec4": {"CGSPN_CUDA_BLOCK_CHANNELS": "32", "CGSPN_CUDA_VEC_DIVISOR": "2"},
+}
+
+
+def bench_cuda_configs(grid: int) -> dict:
+    """Forward and forward+backward (ms) of the CUDA kernel under each launch-shape override."""
+    fn = load_backend("cuda")
+    z = torch.randn(BATCH, grid, grid, PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
+    g = 2 * torch.randn(BATCH, grid, grid, 20 * PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
+    dy = torch.randn_like(z)
+    zg, gg = z.clone().requires_grad_(), g.clone().requires_grad_()
+    results = {}
+    for name, env in CUDA_CONFIGS.items():
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            with torch.no_grad():
+                fwd = bench(lambda: fn(z, g))
+            fwd_bwd = bench(lambda: torch.autograd.backward(fn(zg, gg), dy))
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        results[name] = {"fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd}
+    return results
+
+
 def bench_layers(grid: int, propagate: Callable) -> dict:
     tokens = grid * grid
     x = torch.randn(BATCH, tokens, WIDTH, device="cuda", dtype=DTYPE)
@@ -300,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
                 f" ({op['fwd_bwd_over_fwd']:.2f}x)  peak {op['peak_mem_fwd_bwd_gb']:.2f} GB",
                 flush=True,
             )
+        if "cuda" in backends and grid >= 74:
+            entry["cuda_configs"] = bench_cuda_configs(grid)
+            print(f"{resolution:5d} cuda configs {json.dumps(entry['cuda_configs'])}", flush=True)
         if "triton" in backends and grid >= 74:
             entry["triton_configs_fwd_ms"] = bench_triton_configs(grid)
             print(f"{resolution:5d} triton configs {entry['triton_configs_fwd_ms']}", flush=True)

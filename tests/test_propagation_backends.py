@@ -348,6 +348,27 @@ def test_gpu_non_finite_deterministic_compile(backend):
         assert torch.equal(a, b)
 
 
+CUDA_LAUNCH_OVERRIDES = [  # the launch shapes benchmarks/bench_propagation.py compares
+    {"CGSPN_CUDA_PREFETCH": "0"},
+    {"CGSPN_CUDA_VEC_DIVISOR": "2"},
+    {"CGSPN_CUDA_VEC_DIVISOR": "2", "CGSPN_CUDA_PREFETCH": "0"},
+    {"CGSPN_CUDA_BLOCK_CHANNELS": "32"},
+    {"CGSPN_CUDA_BLOCK_CHANNELS": "16", "CGSPN_CUDA_VEC_DIVISOR": "2"},
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("overrides", CUDA_LAUNCH_OVERRIDES, ids=str)
+def test_gpu_cuda_launch_shapes(overrides, monkeypatch):
+    if "cuda" not in gpu_backends():
+        pytest.skip("backend 'cuda' not available")
+    for key, value in overrides.items():
+        monkeypatch.setenv(key, value)
+    for i, (shape, dtype) in enumerate([*GPU_CASES[:40], ((2, 147, 147, 64), torch.bfloat16)]):
+        assert_matches_reference(load_backend("cuda"), shape, dtype, "cuda", seed=i)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_gpu_opcheck():

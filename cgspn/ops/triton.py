@@ -58,8 +58,17 @@ def _line_geometry(direction, height, width):
 
 
 @triton.jit
-def _sigmoid(x):
-    return tl.div_rn(1.0, 1.0 + tl.exp(-x))
+def _div(a, b, PRECISE: tl.constexpr):
+    """a / b, correctly rounded for float32 inputs (PRECISE); else the fast approximate division."""
+    if PRECISE:
+        return tl.div_rn(a, b)
+    else:
+        return a / b
+
+
+@triton.jit
+def _sigmoid(x, PRECISE: tl.constexpr):
+    return _div(1.0, 1.0 + tl.exp(-x), PRECISE)
 
 
 @triton.jit(do_not_specialize=["batch", "height", "width", "numel", "state_dir_stride", "state_batch_stride"])
@@ -83,6 +92,7 @@ def _propagate_fwd_kernel(
     RING: tl.constexpr,  # 0: keep every line's state (training), else a ring of 2 lines
     BLOCK_M: tl.constexpr,  # positions a chunk (a line is scanned in chunks of BLOCK_M)
     BLOCK_C: tl.constexpr,
+    PRECISE: tl.constexpr,  # correctly rounded divisions (float32 inputs)
 ):
     pid_c = tl.program_id(0)
     direction = tl.program_id(1)
@@ -129,14 +139,14 @@ def _propagate_fwd_kernel(
             h_mid = tl.load(prev_line, mask=mask & has_line_before, other=0.0)
             h_right = tl.load(prev_line + channels, mask=mask & has_next & has_line_before, other=0.0)
 
-            gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
-            gate_self = _sigmoid(wt_self)
-            gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
+            gate_prev = tl.where(has_prev, _sigmoid(wt_prev, PRECISE), 0.0)
+            gate_self = _sigmoid(wt_self, PRECISE)
+            gate_next = tl.where(has_next, _sigmoid(wt_next, PRECISE), 0.0)
             norm = tl.maximum(gate_prev + gate_self + gate_next, _EPS)
             h = (
-                tl.div_rn(gate_prev, norm) * h_left
-                + tl.div_rn(gate_self, norm) * h_mid
-                + tl.div_rn(gate_next, norm) * h_right
+                _div(gate_prev, norm, PRECISE) * h_left
+                + _div(gate_self, norm, PRECISE) * h_mid
+                + _div(gate_next, norm, PRECISE) * h_right
                 + lam * z
             )
 
@@ -168,6 +178,7 @@ def _propagate_bwd_kernel(
     # meta
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    PRECISE: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     direction = tl.program_id(1)
@@ -223,14 +234,14 @@ def _propagate_bwd_kernel(
             )
             adj = dy * u + from_self + from_right + from_left
 
-            gate_prev = tl.where(has_prev, _sigmoid(wt_prev), 0.0)
-            gate_self = _sigmoid(wt_self)
-            gate_next = tl.where(has_next, _sigmoid(wt_next), 0.0)
+            gate_prev = tl.where(has_prev, _sigmoid(wt_prev, PRECISE), 0.0)
+            gate_self = _sigmoid(wt_self, PRECISE)
+            gate_next = tl.where(has_next, _sigmoid(wt_next, PRECISE), 0.0)
             total = gate_prev + gate_self + gate_next
             norm = tl.maximum(total, _EPS)
-            w_prev = tl.div_rn(gate_prev, norm)
-            w_self = tl.div_rn(gate_self, norm)
-            w_next = tl.div_rn(gate_next, norm)
+            w_prev = _div(gate_prev, norm, PRECISE)
+            w_self = _div(gate_self, norm, PRECISE)
+            w_next = _div(gate_next, norm, PRECISE)
             tl.store(write_slot + line_pos, w_prev * adj, mask=mask)
             tl.store(write_slot + carry_line_elems + line_pos, w_self * adj, mask=mask)
             tl.store(write_slot + 2 * carry_line_elems + line_pos, w_next * adj, mask=mask)
@@ -239,11 +250,11 @@ def _propagate_bwd_kernel(
             dw_prev = adj * h_left
             dw_self = adj * h_mid
             dw_next = adj * h_right
-            d_norm = -tl.div_rn(dw_prev * w_prev + dw_self * w_self + dw_next * w_next, norm)
+            d_norm = -_div(dw_prev * w_prev + dw_self * w_self + dw_next * w_next, norm, PRECISE)
             d_total = tl.where(total >= _EPS, d_norm, 0.0)
-            d_prev = tl.where(has_prev, (tl.div_rn(dw_prev, norm) + d_total) * gate_prev * (1.0 - gate_prev), 0.0)
-            d_self = (tl.div_rn(dw_self, norm) + d_total) * gate_self * (1.0 - gate_self)
-            d_next = tl.where(has_next, (tl.div_rn(dw_next, norm) + d_total) * gate_next * (1.0 - gate_next), 0.0)
+            d_prev = tl.where(has_prev, (_div(dw_prev, norm, PRECISE) + d_total) * gate_prev * (1.0 - gate_prev), 0.0)
+            d_self = (_div(dw_self, norm, PRECISE) + d_total) * gate_self * (1.0 - gate_self)
+            d_next = tl.where(has_next, (_div(dw_next, norm, PRECISE) + d_total) * gate_next * (1.0 - gate_next), 0.0)
 
             dg_row = dg_ptr + g_off
             tl.store(dg_row, (adj * z).to(out_ty), mask=mask)
@@ -329,6 +340,7 @@ def _propagate_fwd(
         RING=ring,
         BLOCK_M=block_m,
         BLOCK_C=block_c,
+        PRECISE=z.dtype == torch.float32,
         num_warps=num_warps,
     )
     return _merge(partials, z), states
@@ -366,6 +378,7 @@ def _propagate_bwd(
         carry_line,
         BLOCK_M=block_m,
         BLOCK_C=block_c,
+        PRECISE=z.dtype == torch.float32,
         num_warps=num_warps,
     )
     return _merge(dz_partials, z), dg

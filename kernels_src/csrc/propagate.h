@@ -10,7 +10,6 @@ namespace cgspn {
 constexpr int kDirections = 4;
 constexpr int kFields = 5;  // lambda, u, wt_prev, wt_self, wt_next
 constexpr float kWeightEps = 1e-6f;
-constexpr int kMaxThreads = 512;  // threads a block (launch bound: up to 128 registers a thread)
 
 // All tensors contiguous. z, dy: (B, H, W, C); g, dg: (B, H, W, 20*C) in the input dtype;
 // partial, dz_partial: (4, B*H*W*C) float32; states: (4, B, H*W, C) float32, line-major per
@@ -38,6 +37,9 @@ struct LaunchShape {
   int ppt = 1;       // positions a thread (template: 1, 2, 4 or 8)
   bool prefetch = true;  // forward: stage the next line with cp.async when it fits shared memory
 };
+
+// Threads a block for vectors of `vec_bytes` (matches max_threads<T, VEC>() of the kernels).
+inline int block_thread_limit(int vec_bytes) { return vec_bytes >= 16 ? 512 : 1024; }
 
 enum class DType { kFloat32, kBFloat16, kFloat16 };
 

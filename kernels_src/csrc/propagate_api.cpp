@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "propagate.h"
 
@@ -26,6 +28,12 @@ namespace {
 #define CHECK_SHAPE(x, ...) \
   TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
 
+// Launch-shape overrides for benchmarking (unset: the defaults below).
+int env_int(const char* name, int fallback) {
+  const char* value = std::getenv(name);
+  return value == nullptr || *value == '\0' ? fallback : std::atoi(value);
+}
+
 int next_pow2(int x) {
   int p = 1;
   while (p < x) p *= 2;
@@ -40,22 +48,27 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
   const int elem = static_cast<int>(c10::elementSize(dtype));
   const int full_vec = 16 / elem;
   LaunchShape shape;
-  shape.vec = channels % full_vec == 0 ? full_vec : 1;
+  const int vec_divisor = std::max(1, env_int("CGSPN_CUDA_VEC_DIVISOR", 1));  // 2: 8-byte loads
+  shape.vec = full_vec / vec_divisor;
+  if (shape.vec < 1 || channels % shape.vec != 0) shape.vec = channels % full_vec == 0 ? full_vec : 1;
+  shape.prefetch = env_int("CGSPN_CUDA_PREFETCH", 1) != 0;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int min_block_channels = std::max(shape.vec, 32 / elem);
   int block_channels = std::max(min_block_channels, std::min(next_pow2(channels), 64));
   while (block_channels > min_block_channels &&
-         static_cast<int64_t>(batch) * kDirections * ((channels + block_channels - 1) / block_channels) < sms)
+         static_cast<int64_t>(batch) * kDirections * ((channels + block_channels - 1) / block_channels) < sms / 2)
     block_channels /= 2;
+  block_channels = std::max(shape.vec, env_int("CGSPN_CUDA_BLOCK_CHANNELS", block_channels));
   shape.lanes = std::max(1, block_channels / shape.vec);
   const int len = std::max(height, width);
-  while (shape.lanes > 1 && ((len + 7) / 8) * shape.lanes > kMaxThreads) shape.lanes /= 2;  // very long lines
+  const int max_threads = block_thread_limit(shape.vec * elem);
+  while (shape.lanes > 1 && ((len + 7) / 8) * shape.lanes > max_threads) shape.lanes /= 2;  // very long lines
   shape.ppt = 1;
-  while (shape.ppt < 8 && ((len + shape.ppt - 1) / shape.ppt) * shape.lanes > kMaxThreads) shape.ppt *= 2;
+  while (shape.ppt < 8 && ((len + shape.ppt - 1) / shape.ppt) * shape.lanes > max_threads) shape.ppt *= 2;
   const int threads_p = (len + shape.ppt - 1) / shape.ppt;
   const int threads = ((threads_p * shape.lanes + 31) / 32) * 32;
   shape.threads_p = threads / shape.lanes;
-  TORCH_CHECK(shape.lanes <= 32 && shape.lanes * shape.threads_p <= kMaxThreads, "propagate: lines of ", len,
+  TORCH_CHECK(shape.lanes <= 32 && shape.lanes * shape.threads_p <= max_threads, "propagate: lines of ", len,
               " positions with ", block_channels, " channels a block exceed this kernel's limits");
   return shape;
 }

@@ -52,7 +52,19 @@ __device__ __forceinline__ void zero(float (&x)[VEC]) {
   for (int i = 0; i < VEC; ++i) x[i] = 0.f;
 }
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+// FAST (16-bit inputs): hardware exp2/reciprocal approximations, ~1e-7 relative error, far under
+// the output's bf16/fp16 rounding; float32 inputs get correctly rounded division and expf.
+template <bool FAST>
+__device__ __forceinline__ float divide(float a, float b) {
+  if constexpr (FAST) return __fdividef(a, b);
+  else return a / b;
+}
+
+template <bool FAST>
+__device__ __forceinline__ float sigmoid(float x) {
+  if constexpr (FAST) return __fdividef(1.f, 1.f + __expf(-x));
+  else return 1.f / (1.f + expf(-x));
+}
 
 // Direction d turns the grid into lines (SPEC §3 table): TD/BU scan rows, LR/RL columns.
 struct LineGeometry {
@@ -96,19 +108,33 @@ __device__ __forceinline__ void load_fields(const T* z, const T* g, int64_t cell
 }
 
 // Row-stochastic neighbour weights of one element (invalid neighbours get gate 0).
+template <bool FAST>
 struct Weights {
-  float gate_prev, gate_self, gate_next, total, norm;
+  float gate_prev, gate_self, gate_next, total, norm, w_prev, w_self, w_next;
   __device__ __forceinline__ Weights(float wt_prev, float wt_self, float wt_next, bool has_prev, bool has_next) {
-    gate_prev = has_prev ? sigmoid(wt_prev) : 0.f;
-    gate_self = sigmoid(wt_self);
-    gate_next = has_next ? sigmoid(wt_next) : 0.f;
+    gate_prev = has_prev ? sigmoid<FAST>(wt_prev) : 0.f;
+    gate_self = sigmoid<FAST>(wt_self);
+    gate_next = has_next ? sigmoid<FAST>(wt_next) : 0.f;
     total = gate_prev + gate_self + gate_next;
     norm = total >= kWeightEps ? total : kWeightEps;
+    w_prev = divide<FAST>(gate_prev, norm);
+    w_self = divide<FAST>(gate_self, norm);
+    w_next = divide<FAST>(gate_next, norm);
   }
 };
 
+template <typename T>
+constexpr bool kFastMath = sizeof(T) == 2;
+
+// Threads a block: 16-byte vectors need up to 128 registers a thread (512 threads), narrower
+// ones fit in 64 (1024 threads). The host's launch shape follows block_thread_limit().
+template <typename T, int VEC>
+constexpr int max_threads() {
+  return VEC * static_cast<int>(sizeof(T)) >= 16 ? 512 : 1024;
+}
+
 template <typename T, int VEC, int PPT>
-__global__ void __launch_bounds__(kMaxThreads) propagate_fwd_kernel(const PropagateParams p) {
+__global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_fwd_kernel(const PropagateParams p) {
   extern __shared__ float smem[];  // [2 slots][PPT * blockDim.y positions][channel block]
   const int lanes = blockDim.x;
   const int cb = lanes * VEC;
@@ -156,9 +182,8 @@ __global__ void __launch_bounds__(kMaxThreads) propagate_fwd_kernel(const Propag
       }
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
-        const Weights w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
-        const float hv = (w.gate_prev / w.norm) * left[v] + (w.gate_self / w.norm) * h[k][v] +
-                         (w.gate_next / w.norm) * right[v] + f.lam[v] * f.z[v];
+        const Weights<kFastMath<T>> w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
+        const float hv = w.w_prev * left[v] + w.w_self * h[k][v] + w.w_next * right[v] + f.lam[v] * f.z[v];
         h[k][v] = hv;
         out[v] = f.u[v] * hv;
         this_line[pos * cb + lane_off + v] = hv;
@@ -171,21 +196,26 @@ __global__ void __launch_bounds__(kMaxThreads) propagate_fwd_kernel(const Propag
 }
 
 // cp.async (sm_80+): 16-byte global -> shared copies that complete in the background.
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+  if constexpr (BYTES == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(gmem_src), "n"(BYTES) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-constexpr int kChunks = 6;  // z, lambda, u, wt_prev, wt_self, wt_next: one 16-byte chunk each
+constexpr int kChunks = 6;  // z, lambda, u, wt_prev, wt_self, wt_next: one VEC-channel chunk each
 
 // Forward with the next line's inputs in flight while this line is computed: every thread
-// copies its own 16-byte chunks (cp.async) into a private shared-memory slot, so no barrier
-// guards them. Shared memory: [2 line slots of h][threads x PPT x 6 chunks].
-template <typename T, int PPT>
-__global__ void __launch_bounds__(kMaxThreads) propagate_fwd_prefetch_kernel(const PropagateParams p) {
-  constexpr int VEC = 16 / sizeof(T);
+// copies its own chunks (cp.async) into private shared-memory slots, so no barrier guards them.
+// Shared memory: [2 line slots of h][PPT][6 inputs][threads] (consecutive threads, consecutive
+// chunks: no bank conflicts).
+template <typename T, int VEC, int PPT>
+__global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_fwd_prefetch_kernel(const PropagateParams p) {
+  using Chunk = Pack<T, VEC>;
   extern __shared__ __align__(16) float smem[];
   const int lanes = blockDim.x;
   const int cb = lanes * VEC;
@@ -205,17 +235,18 @@ __global__ void __launch_bounds__(kMaxThreads) propagate_fwd_prefetch_kernel(con
                       ? nullptr
                       : p.states_out + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * channels;
   const int thread = threadIdx.y * blockDim.x + threadIdx.x;
-  uint4* staged = reinterpret_cast<uint4*>(smem + 2 * slots * cb) + thread * PPT * kChunks;
+  const int nthreads = blockDim.x * blockDim.y;
+  Chunk* staged = reinterpret_cast<Chunk*>(smem + 2 * slots * cb) + thread;  // chunk (k, i) at [(k*6+i)*nthreads]
   const int lane_off = threadIdx.x * VEC;
 
   // cp.async of position slot k's inputs on the t-th line (one chunk per input)
   auto issue = [&](int t, int k, int pos) {
     const int64_t cell = geo.cell(grid_base, t, pos);
     const T* row = g + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
-    uint4* dst = staged + k * kChunks;
-    cp_async16(dst, z + cell * channels + c0);
+    Chunk* dst = staged + k * kChunks * nthreads;
+    cp_async<sizeof(Chunk)>(dst, z + cell * channels + c0);
 #pragma unroll
-    for (int f = 0; f < kFields; ++f) cp_async16(dst + 1 + f, row + f * channels);
+    for (int f = 0; f < kFields; ++f) cp_async<sizeof(Chunk)>(dst + (1 + f) * nthreads, row + f * channels);
   };
 
   float h[PPT][VEC];
@@ -236,15 +267,18 @@ __global__ void __launch_bounds__(kMaxThreads) propagate_fwd_prefetch_kernel(con
       const int pos = threadIdx.y + k * blockDim.y;
       if (!c_ok || pos >= len) continue;
       Fields<VEC> f;  // this line's inputs out of the staging slot, then the slot refills
-      const Pack<T, VEC>* chunk = reinterpret_cast<const Pack<T, VEC>*>(staged + k * kChunks);
+      const Chunk* chunk = staged + k * kChunks * nthreads;
+      Chunk in[kChunks];
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i) in[i] = chunk[i * nthreads];
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
-        f.z[v] = to_float(chunk[0].v[v]);
-        f.lam[v] = to_float(chunk[1].v[v]);
-        f.u[v] = to_float(chunk[2].v[v]);
-        f.wt_prev[v] = to_float(chunk[3].v[v]);
-        f.wt_self[v] = to_float(chunk[4].v[v]);
-        f.wt_next[v] = to_float(chunk[5].v[v]);
+        f.z[v] = to_float(in[0].v[v]);
+        f.lam[v] = to_float(in[1].v[v]);
+        f.u[v] = to_float(in[2].v[v]);
+        f.wt_prev[v] = to_float(in[3].v[v]);
+        f.wt_self[v] = to_float(in[4].v[v]);
+        f.wt_next[v] = to_float(in[5].v[v]);
       }
       if (t + 1 < geo.num_lines) issue(t + 1, k, pos);  // the next line streams in meanwhile
       const bool has_prev = pos >= 1;
@@ -261,9 +295,8 @@ __global__ void __launch_bounds__(kMaxThreads) propagate_fwd_prefetch_kernel(con
       }
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
-        const Weights w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
-        const float hv = (w.gate_prev / w.norm) * left[v] + (w.gate_self / w.norm) * h[k][v] +
-                         (w.gate_next / w.norm) * right[v] + f.lam[v] * f.z[v];
+        const Weights<kFastMath<T>> w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
+        const float hv = w.w_prev * left[v] + w.w_self * h[k][v] + w.w_next * right[v] + f.lam[v] * f.z[v];
         h[k][v] = hv;
         out[v] = f.u[v] * hv;
         this_line[pos * cb + lane_off + v] = hv;
@@ -278,9 +311,9 @@ __global__ void __launch_bounds__(kMaxThreads) propagate_fwd_prefetch_kernel(con
 }
 
 // Shared memory of the prefetching forward, or 0 when it does not fit the device.
-inline size_t prefetch_smem_bytes(const LaunchShape& shape) {
+inline size_t prefetch_smem_bytes(const LaunchShape& shape, int elem_bytes) {
   const size_t exchange = static_cast<size_t>(2) * shape.threads_p * shape.ppt * shape.lanes * shape.vec * sizeof(float);
-  const size_t staging = static_cast<size_t>(shape.lanes) * shape.threads_p * shape.ppt * kChunks * 16;
+  const size_t staging = static_cast<size_t>(shape.lanes) * shape.threads_p * shape.ppt * kChunks * shape.vec * elem_bytes;
   int device = 0, optin = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
@@ -297,22 +330,34 @@ void launch_prefetch(Kernel kernel, const PropagateParams& params, const LaunchS
   kernel<<<grid, block, smem, stream>>>(params);
 }
 
+template <typename T, int VEC>
+void launch_fwd_prefetch_vec(const PropagateParams& params, const LaunchShape& shape, size_t smem,
+                             cudaStream_t stream) {
+  switch (shape.ppt) {
+    case 1: launch_prefetch(propagate_fwd_prefetch_kernel<T, VEC, 1>, params, shape, smem, stream); break;
+    case 2: launch_prefetch(propagate_fwd_prefetch_kernel<T, VEC, 2>, params, shape, smem, stream); break;
+    case 4: launch_prefetch(propagate_fwd_prefetch_kernel<T, VEC, 4>, params, shape, smem, stream); break;
+    default: launch_prefetch(propagate_fwd_prefetch_kernel<T, VEC, 8>, params, shape, smem, stream); break;
+  }
+}
+
+// The prefetching forward for 16- and 8-byte chunks, when its shared memory fits the device.
 template <typename T>
 bool try_launch_fwd_prefetch(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  if (shape.vec * static_cast<int>(sizeof(T)) != 16) return false;
-  const size_t smem = prefetch_smem_bytes(shape);
+  constexpr int kVec = 16 / sizeof(T);
+  const size_t smem = prefetch_smem_bytes(shape, sizeof(T));
   if (smem == 0) return false;
-  switch (shape.ppt) {
-    case 1: launch_prefetch(propagate_fwd_prefetch_kernel<T, 1>, params, shape, smem, stream); break;
-    case 2: launch_prefetch(propagate_fwd_prefetch_kernel<T, 2>, params, shape, smem, stream); break;
-    case 4: launch_prefetch(propagate_fwd_prefetch_kernel<T, 4>, params, shape, smem, stream); break;
-    default: launch_prefetch(propagate_fwd_prefetch_kernel<T, 8>, params, shape, smem, stream); break;
-  }
+  if (shape.vec == kVec)
+    launch_fwd_prefetch_vec<T, kVec>(params, shape, smem, stream);
+  else if (shape.vec == kVec / 2)
+    launch_fwd_prefetch_vec<T, kVec / 2>(params, shape, smem, stream);
+  else
+    return false;
   return true;
 }
 
 template <typename T, int VEC, int PPT>
-__global__ void __launch_bounds__(kMaxThreads) propagate_bwd_kernel(const PropagateParams p) {
+__global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(const PropagateParams p) {
   // [2 slots][q_prev, q_next][positions][channel block]: what line t+1 drew from each position
   extern __shared__ float smem[];
   const int lanes = blockDim.x;
@@ -378,21 +423,22 @@ __global__ void __launch_bounds__(kMaxThreads) propagate_bwd_kernel(const Propag
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
         const float adj = dy[v] * f.u[v] + q_self[k][v] + from_right[v] + from_left[v];
-        const Weights w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
-        const float w_prev = w.gate_prev / w.norm;
-        const float w_self = w.gate_self / w.norm;
-        const float w_next = w.gate_next / w.norm;
+        constexpr bool kFast = kFastMath<T>;
+        const Weights<kFast> w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
+        const float w_prev = w.w_prev;
+        const float w_self = w.w_self;
+        const float w_next = w.w_next;
         write_slot[pos * cb + lane_off + v] = w_prev * adj;
         write_slot[(slots + pos) * cb + lane_off + v] = w_next * adj;
         q_self[k][v] = w_self * adj;
         const float dw_prev = adj * left[v];
         const float dw_self = adj * mid[v];
         const float dw_next = adj * right[v];
-        const float d_norm = -(dw_prev * w_prev + dw_self * w_self + dw_next * w_next) / w.norm;
+        const float d_norm = -divide<kFast>(dw_prev * w_prev + dw_self * w_self + dw_next * w_next, w.norm);
         const float d_total = w.total >= kWeightEps ? d_norm : 0.f;
-        d_prev[v] = has_prev ? (dw_prev / w.norm + d_total) * w.gate_prev * (1.f - w.gate_prev) : 0.f;
-        d_self[v] = (dw_self / w.norm + d_total) * w.gate_self * (1.f - w.gate_self);
-        d_next[v] = has_next ? (dw_next / w.norm + d_total) * w.gate_next * (1.f - w.gate_next) : 0.f;
+        d_prev[v] = has_prev ? (divide<kFast>(dw_prev, w.norm) + d_total) * w.gate_prev * (1.f - w.gate_prev) : 0.f;
+        d_self[v] = (divide<kFast>(dw_self, w.norm) + d_total) * w.gate_self * (1.f - w.gate_self);
+        d_next[v] = has_next ? (divide<kFast>(dw_next, w.norm) + d_total) * w.gate_next * (1.f - w.gate_next) : 0.f;
         d_lam[v] = adj * f.z[v];
         d_u[v] = dy[v] * h[v];
         d_z[v] = adj * f.lam[v];
@@ -460,6 +506,8 @@ void launch_fwd_typed(const PropagateParams& params, const LaunchShape& shape, c
   if (shape.prefetch && try_launch_fwd_prefetch<T>(params, shape, stream)) return;
   if (shape.vec == kVec)
     launch_fwd_vec<T, kVec>(params, shape, stream);
+  else if (shape.vec == kVec / 2)
+    launch_fwd_vec<T, kVec / 2>(params, shape, stream);
   else
     launch_fwd_vec<T, 1>(params, shape, stream);
 }
@@ -469,6 +517,8 @@ void launch_bwd_typed(const PropagateParams& params, const LaunchShape& shape, c
   constexpr int kVec = 16 / sizeof(T);
   if (shape.vec == kVec)
     launch_bwd_vec<T, kVec>(params, shape, stream);
+  else if (shape.vec == kVec / 2)
+    launch_bwd_vec<T, kVec / 2>(params, shape, stream);
   else
     launch_bwd_vec<T, 1>(params, shape, stream);
 }
