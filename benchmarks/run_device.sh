@@ -19,10 +19,11 @@ timeout 420 pytest -q -n 4 -p no:cacheprovider --import-mode=append tests/test_p
   -rs > "$OUT/gpu_pytest.txt" 2>&1
 tail -12 "$OUT/gpu_pytest.txt"
 python3 benchmarks/bench_propagation.py --out "$OUT/propagation_h100.json" "$@" 2>&1 | tee "$OUT/bench.txt" | tail -30
-# Profiles of the forward scan kernels at 2058 px (Nsight Compute), if time allows.
-for backend in cuda triton; do
-  timeout 120 ncu -k regex:propagate_fwd --launch-skip 1 --launch-count 1 --section SpeedOfLight \
-    --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section LaunchStats \
-    python3 benchmarks/profile_propagation.py --backend $backend --grid 147 > "$OUT/ncu_fwd_$backend.txt" 2>&1
-  grep -E "DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Registers Per|L2 Hit|Block Size" "$OUT/ncu_fwd_$backend.txt" | head -12
+# Profiles of the CUDA scan kernels at 2058 px (Nsight Compute), forward and backward.
+for pass in fwd bwd; do
+  extra=""; [ "$pass" = bwd ] && extra="--backward"
+  timeout 120 ncu -k regex:propagate_$pass --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    python3 benchmarks/profile_propagation.py --backend cuda --grid 147 $extra > "$OUT/ncu_${pass}_cuda.txt" 2>&1
+  grep -E "DRAM Throughput|Duration|Achieved Occupancy|Registers Per|Block Size|Dynamic Shared" "$OUT/ncu_${pass}_cuda.txt" | head -8
 done

@@ -44,7 +44,8 @@ int next_pow2(int x) {
 // fills the GPU (a warp then reads whole 128-byte lines, five consecutive lines a position:
 // DRAM-friendly), halved down to 16 channels (32 bytes) while there are fewer blocks than SMs.
 // The line is spread over the block's position threads, PPT positions a thread.
-LaunchShape choose_shape(int batch, int height, int width, int channels, at::ScalarType dtype) {
+LaunchShape choose_shape(int batch, int height, int width, int channels, at::ScalarType dtype,
+                         int max_block_channels = 64) {
   const int elem = static_cast<int>(c10::elementSize(dtype));
   const int full_vec = 16 / elem;
   LaunchShape shape;
@@ -54,11 +55,11 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
   shape.prefetch = env_int("CGSPN_CUDA_PREFETCH", 1) != 0;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int min_block_channels = std::max(shape.vec, 32 / elem);
-  int block_channels = std::max(min_block_channels, std::min(next_pow2(channels), 64));
+  int block_channels = std::max(min_block_channels, std::min(next_pow2(channels), max_block_channels));
   while (block_channels > min_block_channels &&
          static_cast<int64_t>(batch) * kDirections * ((channels + block_channels - 1) / block_channels) < sms / 2)
     block_channels /= 2;
-  block_channels = std::max(shape.vec, env_int("CGSPN_CUDA_BLOCK_CHANNELS", block_channels));
+  block_channels = std::max(shape.vec, std::min(env_int("CGSPN_CUDA_BLOCK_CHANNELS", block_channels), max_block_channels));
   shape.lanes = std::max(1, block_channels / shape.vec);
   const int len = std::max(height, width);
   const int max_threads = block_thread_limit(shape.vec * elem);
@@ -70,6 +71,25 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
   shape.threads_p = threads / shape.lanes;
   TORCH_CHECK(shape.lanes <= 32 && shape.lanes * shape.threads_p <= max_threads, "propagate: lines of ", len,
               " positions with ", block_channels, " channels a block exceed this kernel's limits");
+  return shape;
+}
+
+// Backward launch shape: staged inputs (cp.async) when its shared memory fits, with narrower
+// channel blocks if that is what makes it fit.
+LaunchShape choose_bwd_shape(int batch, int height, int width, int channels, at::ScalarType dtype) {
+  const int elem = static_cast<int>(c10::elementSize(dtype));
+  const size_t optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  LaunchShape shape = choose_shape(batch, height, width, channels, dtype);
+  auto smem = [&](const LaunchShape& s) {
+    const size_t per_thread_slots = static_cast<size_t>(s.lanes) * s.threads_p * s.ppt * s.vec;
+    return per_thread_slots * (4 * sizeof(float) + 7 * elem);
+  };
+  if (!shape.prefetch || shape.vec * elem < 8) return shape;
+  for (int cap = shape.lanes * shape.vec; smem(shape) > optin && cap > 16;) {
+    cap /= 2;
+    shape = choose_shape(batch, height, width, channels, dtype, cap);
+  }
+  shape.prefetch = smem(shape) <= optin;
   return shape;
 }
 
@@ -180,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor> propagate_bwd(const at::Tensor& dy_in, const 
   p.channels = C;
   p.numel = z.numel();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  launch_propagate_bwd(p, choose_shape(B, H, W, C, z.scalar_type()), dtype, stream);
+  launch_propagate_bwd(p, choose_bwd_shape(B, H, W, C, z.scalar_type()), dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_merge_directions(dz_partial.data_ptr<float>(), dz.data_ptr(), p.numel, dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

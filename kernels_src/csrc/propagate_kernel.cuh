@@ -356,10 +356,16 @@ bool try_launch_fwd_prefetch(const PropagateParams& params, const LaunchShape& s
   return true;
 }
 
-template <typename T, int VEC, int PPT>
+constexpr int kBwdChunks = 7;  // z, dy, lambda, u, wt_prev, wt_self, wt_next
+
+// Backward (reverse scan). STAGED: the inputs of the line visited next stream into private
+// shared-memory slots (cp.async) while this one is computed, as in the prefetching forward.
+// Shared memory: [2 slots][q_prev, q_next][positions][channel block] (what line t+1 drew
+// from each position), then, when STAGED, [PPT][7 inputs][threads] chunks.
+template <typename T, int VEC, int PPT, bool STAGED>
 __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(const PropagateParams p) {
-  // [2 slots][q_prev, q_next][positions][channel block]: what line t+1 drew from each position
-  extern __shared__ float smem[];
+  using Chunk = Pack<T, VEC>;
+  extern __shared__ __align__(16) float smem[];
   const int lanes = blockDim.x;
   const int cb = lanes * VEC;
   const int slots = blockDim.y * PPT;
@@ -380,15 +386,36 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(co
   const float* states =
       p.states_in + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * channels;
   const int64_t line_elems = static_cast<int64_t>(len) * channels;
+  const int nthreads = blockDim.x * blockDim.y;
+  Chunk* staged = reinterpret_cast<Chunk*>(smem + 4 * slots * cb) + threadIdx.y * blockDim.x + threadIdx.x;
+
+  // cp.async of position slot k's inputs on the t-th line (STAGED only)
+  auto issue = [&](int t, int k, int pos) {
+    const int64_t cell = geo.cell(grid_base, t, pos);
+    const T* row = g + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
+    Chunk* dst = staged + k * kBwdChunks * nthreads;
+    cp_async<sizeof(Chunk)>(dst, z + cell * channels + c0);
+    cp_async<sizeof(Chunk)>(dst + nthreads, dy_ptr + cell * channels + c0);
+#pragma unroll
+    for (int f = 0; f < kFields; ++f) cp_async<sizeof(Chunk)>(dst + (2 + f) * nthreads, row + f * channels);
+  };
 
   float q_self[PPT][VEC];
 #pragma unroll
-  for (int k = 0; k < PPT; ++k) zero(q_self[k]);
+  for (int k = 0; k < PPT; ++k) {
+    zero(q_self[k]);
+    if constexpr (STAGED) {
+      const int pos = threadIdx.y + k * blockDim.y;
+      if (c_ok && pos < len) issue(geo.num_lines - 1, k, pos);
+    }
+  }
+  if constexpr (STAGED) cp_async_commit();
 
   for (int step = 0; step < geo.num_lines; ++step) {
     const int t = geo.num_lines - 1 - step;
     const float* read_slot = smem + ((step + 1) & 1) * 2 * slots * cb;
     float* write_slot = smem + (step & 1) * 2 * slots * cb;
+    if constexpr (STAGED) cp_async_wait_all();
 #pragma unroll
     for (int k = 0; k < PPT; ++k) {
       const int pos = threadIdx.y + k * blockDim.y;
@@ -397,9 +424,27 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(co
       const bool has_next = pos + 1 < len;
       const int64_t cell = geo.cell(grid_base, t, pos);
       Fields<VEC> f;
-      load_fields<T, VEC>(z, g, cell, channels, direction, c0, f);
       float dy[VEC], h[VEC], left[VEC], mid[VEC], right[VEC], from_right[VEC], from_left[VEC];
-      load_vec<T, VEC>(dy_ptr + cell * channels + c0, dy);
+      if constexpr (STAGED) {
+        const Chunk* chunk = staged + k * kBwdChunks * nthreads;
+        Chunk in[kBwdChunks];
+#pragma unroll
+        for (int i = 0; i < kBwdChunks; ++i) in[i] = chunk[i * nthreads];
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          f.z[v] = to_float(in[0].v[v]);
+          dy[v] = to_float(in[1].v[v]);
+          f.lam[v] = to_float(in[2].v[v]);
+          f.u[v] = to_float(in[3].v[v]);
+          f.wt_prev[v] = to_float(in[4].v[v]);
+          f.wt_self[v] = to_float(in[5].v[v]);
+          f.wt_next[v] = to_float(in[6].v[v]);
+        }
+        if (t > 0) issue(t - 1, k, pos);  // the line visited next streams in meanwhile
+      } else {
+        load_fields<T, VEC>(z, g, cell, channels, direction, c0, f);
+        load_vec<T, VEC>(dy_ptr + cell * channels + c0, dy);
+      }
       const float* state_t = states + t * line_elems + static_cast<int64_t>(pos) * channels + c0;
       load_vec<float, VEC>(state_t, h);
       zero(left);
@@ -451,6 +496,7 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(co
       store_vec<T, VEC>(row + 4 * channels, d_next);
       store_vec<float, VEC>(dz_partial + cell * channels + c0, d_z);
     }
+    if constexpr (STAGED) cp_async_commit();
     __syncthreads();
   }
 }
@@ -471,10 +517,12 @@ inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 template <typename Kernel>
 void launch_scan(Kernel kernel, const PropagateParams& params, const LaunchShape& shape, int ppt, int slot_arrays,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, size_t staging_bytes = 0) {
   const dim3 block(shape.lanes, shape.threads_p);
   const dim3 grid(ceil_div(params.channels, shape.lanes * shape.vec), kDirections, params.batch);
-  const size_t smem = static_cast<size_t>(2) * slot_arrays * shape.threads_p * ppt * shape.lanes * shape.vec * sizeof(float);
+  const size_t smem =
+      static_cast<size_t>(2) * slot_arrays * shape.threads_p * ppt * shape.lanes * shape.vec * sizeof(float) +
+      staging_bytes;
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   kernel<<<grid, block, smem, stream>>>(params);
 }
@@ -489,14 +537,27 @@ void launch_fwd_vec(const PropagateParams& params, const LaunchShape& shape, cud
   }
 }
 
+template <typename T, int VEC, bool STAGED>
+void launch_bwd_staged(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+  const size_t staging =
+      STAGED ? static_cast<size_t>(shape.lanes) * shape.threads_p * shape.ppt * kBwdChunks * VEC * sizeof(T) : 0;
+  switch (shape.ppt) {
+    case 1: launch_scan(propagate_bwd_kernel<T, VEC, 1, STAGED>, params, shape, 1, 2, stream, staging); break;
+    case 2: launch_scan(propagate_bwd_kernel<T, VEC, 2, STAGED>, params, shape, 2, 2, stream, staging); break;
+    case 4: launch_scan(propagate_bwd_kernel<T, VEC, 4, STAGED>, params, shape, 4, 2, stream, staging); break;
+    default: launch_scan(propagate_bwd_kernel<T, VEC, 8, STAGED>, params, shape, 8, 2, stream, staging); break;
+  }
+}
+
 template <typename T, int VEC>
 void launch_bwd_vec(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  switch (shape.ppt) {
-    case 1: launch_scan(propagate_bwd_kernel<T, VEC, 1>, params, shape, 1, 2, stream); break;
-    case 2: launch_scan(propagate_bwd_kernel<T, VEC, 2>, params, shape, 2, 2, stream); break;
-    case 4: launch_scan(propagate_bwd_kernel<T, VEC, 4>, params, shape, 4, 2, stream); break;
-    default: launch_scan(propagate_bwd_kernel<T, VEC, 8>, params, shape, 8, 2, stream); break;
+  if constexpr (VEC * sizeof(T) >= 8) {
+    if (shape.prefetch) {
+      launch_bwd_staged<T, VEC, true>(params, shape, stream);
+      return;
+    }
   }
+  launch_bwd_staged<T, VEC, false>(params, shape, stream);
 }
 
 // Explicit per-dtype entry points (one .cu file each instantiates one dtype).
