@@ -79,3 +79,9 @@ def test_streaming_resume_matches(tmp_path, monkeypatch):
     actual = load_file(tmp_path / "split" / "model.safetensors")
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_into_a_used_output_dir_asks_for_resume(tmp_path):
+    _run(tmp_path, max_steps=1, gradient_accumulation_steps=1)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        _run(tmp_path, max_steps=1, gradient_accumulation_steps=1)

@@ -1,12 +1,14 @@
-"""Train the demo's small CLIP teacher (a transformers `CLIPModel`) contrastively with `Trainer`."""
+"""Train the demo's small CLIP-style teacher (a transformers `SiglipModel`: ViT with a MAP pooling head, sigmoid
+contrastive loss, as the paper's SigLIP teachers) with `Trainer`."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, Trainer, TrainingArguments
+from transformers import CLIPProcessor, SiglipConfig, SiglipModel, Trainer, TrainingArguments
 
 from ..tokenization import build_processor, small_clip_tokenizer
 from .data import DemoData
@@ -21,12 +23,11 @@ class TeacherSettings:
     num_attention_heads: int = 4
     text_hidden_size: int = 64
     text_layers: int = 2
-    projection_dim: int = 64
     patch_size: int = 8
-    epochs: float = 4.0
+    epochs: float = 12.0
     batch_size: int = 64
     learning_rate: float = 2e-3
-    max_text_length: int = 16
+    max_text_length: int = 64  # SigLIP text towers pool the last token: always pad to this length
 
 
 class ContrastiveTrainer(Trainer):
@@ -71,13 +72,14 @@ def encode_pairs(processor: CLIPProcessor, dataset, max_text_length: int) -> Ten
     return TensorDictDataset({key: encoded[key] for key in ("pixel_values", "input_ids", "attention_mask")})
 
 
-def build_teacher(processor: CLIPProcessor, image_size: int, settings: TeacherSettings) -> CLIPModel:
+def build_teacher(processor: CLIPProcessor, image_size: int, settings: TeacherSettings) -> SiglipModel:
     tokenizer = processor.tokenizer
-    config = CLIPConfig(
+    config = SiglipConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=settings.text_hidden_size,
             intermediate_size=4 * settings.text_hidden_size,
+            projection_size=settings.hidden_size,
             num_hidden_layers=settings.text_layers,
             num_attention_heads=settings.num_attention_heads,
             max_position_embeddings=settings.max_text_length,
@@ -93,14 +95,17 @@ def build_teacher(processor: CLIPProcessor, image_size: int, settings: TeacherSe
             image_size=image_size,
             patch_size=settings.patch_size,
         ),
-        projection_dim=settings.projection_dim,
     )
-    return CLIPModel(config)
+    model = SiglipModel(config)
+    # SigLIP's own starting point (temperature 10, bias -10); transformers initializes both to 0
+    model.logit_scale.data.fill_(math.log(10.0))
+    model.logit_bias.data.fill_(-10.0)
+    return model
 
 
 def train_teacher(
     data: DemoData, output_dir: str | os.PathLike, settings: TeacherSettings, seed: int = 0
-) -> tuple[CLIPModel, CLIPProcessor, list[dict]]:
+) -> tuple[SiglipModel, CLIPProcessor, list[dict]]:
     """Train the teacher on (image, caption) pairs; returns the model, its processor and the Trainer log."""
     image_size = data.dataset["train"][0]["image"].size[0]
     processor = demo_processor(data, image_size, settings.max_text_length)

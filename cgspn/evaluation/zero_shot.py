@@ -59,8 +59,10 @@ def model_device_dtype(model, device: str | torch.device | None = None) -> tuple
 
 def _text_padding(model) -> dict:
     # SigLIP text towers were trained on max-length padded text (as transformers' zero-shot pipeline does).
-    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
-    if "siglip" in model_type:
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", None)
+    model_types = (str(getattr(config, "model_type", "")), str(getattr(text_config, "model_type", "")))
+    if any("siglip" in model_type for model_type in model_types):
         return {"padding": "max_length", "max_length": 64}
     return {"padding": True}
 

@@ -278,6 +278,11 @@ class DistillationTrainer:
         self._last_saved_step = -1
         if args.resume and self._resume(state):
             self._last_saved_step = state.global_step
+        elif args.save_outputs and latest_checkpoint(args.output_dir) is not None:
+            raise FileExistsError(
+                f"{args.output_dir} already holds checkpoints of an earlier run: pass --resume to continue it, "
+                "or choose another --output-dir"
+            )
         if self.trackers:
             config = {
                 k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
