@@ -298,3 +298,36 @@ def test_remote_code_segmentation_model(tmp_path):
     )
     assert report["class"] == "CGSPNForSemanticSegmentation"
     assert report["max_diff"] == 0.0
+
+
+def test_cgspn_pipeline_pads_text_for_siglip_text_towers(tmp_path):
+    tokenizer = small_clip_tokenizer([*LABELS, "this is a photo of"], vocab_size=600, model_max_length=64)
+    text = dict(
+        model_type="siglip_text_model",
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = CGSPNModel(CGSPNConfig(vision_config=tiny_vision(), text_config=text)).eval()
+    model.save_pretrained(tmp_path)
+    build_processor(tokenizer, image_size=32).save_pretrained(tmp_path)
+    classifier = pipeline(
+        "zero-shot-image-classification", model=str(tmp_path), pipeline_class=CGSPNZeroShotImageClassificationPipeline
+    )
+    image = real_images()[0]
+    result = classifier(image, candidate_labels=LABELS, hypothesis_template="{}")
+    # SigLIP text pools the last token: the pipeline must pad to 64 as SigLIP does, and score with sigmoids
+    inputs = classifier.tokenizer(LABELS, padding="max_length", max_length=64, return_tensors="pt")
+    pixel_values = classifier.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = model(**inputs, pixel_values=pixel_values).logits_per_image[0]
+    expected = dict(zip(LABELS, torch.sigmoid(logits).tolist(), strict=True))
+    for entry in result:
+        assert entry["score"] == pytest.approx(expected[entry["label"]], abs=1e-6)
