@@ -58,8 +58,8 @@ class HostPropagation(nn.Module):
         z = self.down(hidden_states[:, num_prefix:].reshape(batch, height, width, channels))
         y = propagate_ref(z, self.heads(z))
         out = self.up(y).reshape(batch, height * width, -1)
-        prefix = self.up(y.mean(dim=(1, 2))).unsqueeze(1).expand(batch, num_prefix, out.shape[-1])
-        return torch.cat((prefix, out), dim=1)
+        prefix = self.up(y.mean(dim=(1, 2), dtype=torch.float32).to(y.dtype)).unsqueeze(1)
+        return torch.cat((prefix.expand(-1, num_prefix, -1), out), dim=1)
 
 
 class TinyModel(nn.Module):
@@ -113,6 +113,40 @@ def test_kernelize_swaps_the_layer(universal_repo, num_prefix, training):
     if training:
         for got, ref in zip(torch.autograd.grad(actual.sum(), [x, *model.parameters()]), expected_grads, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_kernelize_the_cgspn_model(universal_repo, monkeypatch):
+    """The model's own CGSPNPropagation layers are swapped, and the outputs agree."""
+    modeling = pytest.importorskip("cgspn.modeling_cgspn")
+    from cgspn import CGSPNVisionConfig
+    from cgspn.ops.hub import kernelize_model
+
+    config = CGSPNVisionConfig(
+        hidden_size=24,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=4,
+        image_size=12,
+        propagation_channels=3,
+        attention_layer_indices=[],
+        num_prefix_tokens=1,
+        propagation_backend="torch",
+    )
+    host_calls = []
+    host_propagate = modeling.propagate
+    monkeypatch.setattr(modeling, "propagate", lambda *a, **k: host_calls.append(1) or host_propagate(*a, **k))
+    torch.manual_seed(0)
+    model = modeling.CGSPNVisionModel(config).to(DEVICE).eval()
+    pixels = torch.randn(2, 3, 12, 16, device=DEVICE)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).last_hidden_state
+    assert len(host_calls) == 2  # one propagation layer each
+    kernelize_model(model, device=DEVICE, path=universal_repo)
+    with torch.no_grad():
+        actual = model(pixel_values=pixels).last_hidden_state
+    assert len(host_calls) == 2, "kernelize did not swap the model's CGSPNPropagation forward"
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_kernel_mapping_sources(universal_repo):

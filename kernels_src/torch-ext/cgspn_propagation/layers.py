@@ -31,5 +31,6 @@ class CGSPNPropagation(nn.Module):
         out = self.up(y).reshape(batch, height * width, -1)
         if num_prefix == 0:
             return out
-        prefix = self.up(y.mean(dim=(1, 2))).unsqueeze(1).expand(batch, num_prefix, out.shape[-1])
-        return torch.cat((prefix, out), dim=1)
+        # prefix tokens: up() of the grid mean of Y, the mean accumulated in float32 (SPEC §2)
+        prefix = self.up(y.mean(dim=(1, 2), dtype=torch.float32).to(y.dtype)).unsqueeze(1)
+        return torch.cat((prefix.expand(-1, num_prefix, -1), out), dim=1)
