@@ -1,11 +1,13 @@
 """Triton backend of the C-GSPN propagation operator (SPEC §3).
 
 One launch scans all four directions: program ``(channel block, direction, batch)`` walks the
-``L`` lines of its direction with the float32 state of one whole line (``BLOCK_M`` positions x
-``BLOCK_C`` channels) in registers. Channels are the contiguous axis of Z and G, so every load
-is a ``BLOCK_C``-wide coalesced segment per position, read in place for every direction (no
-transposed or flipped copies). The neighbour exchange ``h[t-1, p +- 1]`` goes through a small
-float32 line buffer (written, barrier, read back shifted; it stays in L1/L2).
+``L`` lines of its direction, each line in chunks of ``BLOCK_M`` positions x ``BLOCK_C``
+channels. Channels are the contiguous axis of Z and G, so every load is a ``BLOCK_C``-wide
+coalesced segment per position, read in place for every direction (no transposed or flipped
+copies); with ``BLOCK_C = 64`` a position's five fields are five adjacent 128-byte lines, which
+the DRAM serves far better than scattered 32-byte pieces (measured: 2x). The float32 state of
+the previous line, ``h[t-1, p-1..p+1]``, is read back from a small line buffer (two slots,
+one barrier a line; it stays in L1/L2), so a line of any length fits one program.
 
 The four directional outputs are written as float32 partials and merged, in the fixed order
 ``(TD + BU) + (LR + RL)`` of the reference, by a second small kernel that also casts to the input
@@ -13,8 +15,9 @@ dtype; so the result is bitwise deterministic (no atomics).
 
 Backward is a reverse scan. The training forward stores every line's state ``h`` (float32); the
 reverse scan reads ``h[t]`` and ``h[t-1]`` from it and carries the adjoint ``dL/dh`` across
-lines through the same kind of line buffer. Storing costs the forward 16 bytes per element but
-saves the backward a full recompute pass (measured in ``benchmarks/``).
+lines through the same kind of line buffer. Storing costs the forward 16 bytes per element
+(H100, 2058 px, B=32: training forward 1.61 ms against 1.31 ms for inference, CUDA backend)
+where recomputing would cost the backward a whole forward pass that writes the same states.
 
 The module registers its ops under a namespace chosen by the caller (:func:`register_ops`), so
 the same file also ships as the ``torch-universal`` variant of the kernels-hub build without

@@ -3,7 +3,10 @@
 // the float32 state of a whole line lives in registers (each thread: PPT positions x VEC
 // channels), the neighbour exchange h[t-1, p +- 1] goes through shared memory (two line slots,
 // one barrier a line), and each direction writes a float32 partial merged afterwards in a
-// fixed order (deterministic, no atomics).
+// fixed order (deterministic, no atomics). With 64-channel blocks a warp reads whole 128-byte
+// lines, a position's five fields adjacent; the *_prefetch / STAGED variants stream the next
+// line's inputs into shared memory with cp.async while the current line is computed (the scan
+// is otherwise one DRAM latency a line: 1.9 ms -> 1.3 ms forward at 2058 px on the H100).
 #pragma once
 
 #include <cuda_bf16.h>
