@@ -33,6 +33,8 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     student = AutoModel.from_pretrained(output / "student")
     assert isinstance(student, CGSPNModel)
     assert student.config.vision_config.attention_layer_indices == []
+    # the README's evaluation command on the demo's own outputs
+    assert cgspn_main(["eval", "zero-shot", "--model", str(output / "student"), "--data", str(output / "data")]) == 0
     card = ModelCard.load(output / "student" / "README.md")
     assert (
         card.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"]
