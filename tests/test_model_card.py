@@ -9,6 +9,7 @@ from huggingface_hub import ModelCard
 from cgspn import CGSPNConfig, CGSPNModel, CGSPNVisionConfig, CGSPNVisionModel
 from cgspn.model_card import write_model_card
 from cgspn.tokenization import build_processor, small_clip_tokenizer
+from tests.helpers import tiny_text_config
 
 VISION = dict(
     hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, patch_size=8, image_size=32
@@ -17,18 +18,7 @@ VISION = dict(
 
 def saved_clip(folder):
     tokenizer = small_clip_tokenizer(["a red square", "a blue circle"], vocab_size=560)
-    text = dict(
-        model_type="clip_text_model",
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_text_config(tokenizer)
     config = CGSPNConfig(
         vision_config={**VISION, "attention_layer_indices": [1]},
         text_config=text,

@@ -25,6 +25,7 @@ from cgspn import CGSPNBackbone, CGSPNConfig, CGSPNForSemanticSegmentation, CGSP
 from cgspn.demo.data import make_shapes_dataset
 from cgspn.pipelines import CGSPNZeroShotImageClassificationPipeline
 from cgspn.tokenization import build_processor, small_clip_tokenizer
+from tests.helpers import tiny_text_config
 from tests.test_modeling_cgspn import run_remote_code
 
 LABELS = ["a woman in uniform", "a cat", "a red circle", "a city at night"]
@@ -54,18 +55,7 @@ def tiny_vision(**overrides) -> dict:
 def zero_shot_folder(tmp_path_factory):
     """A saved tiny C-GSPN CLIP (softmax loss) with its processor and an offline tokenizer."""
     tokenizer = small_clip_tokenizer([*LABELS, "this is a photo of"], vocab_size=600)
-    text = dict(
-        model_type="clip_text_model",
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_text_config(tokenizer, num_hidden_layers=2)
     config = CGSPNConfig(
         vision_config=tiny_vision(),
         text_config=text,
@@ -302,18 +292,7 @@ def test_remote_code_segmentation_model(tmp_path):
 
 def test_cgspn_pipeline_pads_text_for_siglip_text_towers(tmp_path):
     tokenizer = small_clip_tokenizer([*LABELS, "this is a photo of"], vocab_size=600, model_max_length=64)
-    text = dict(
-        model_type="siglip_text_model",
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=64,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_text_config(tokenizer, model_type="siglip_text_model")
     torch.manual_seed(0)
     model = CGSPNModel(CGSPNConfig(vision_config=tiny_vision(), text_config=text)).eval()
     model.save_pretrained(tmp_path)
