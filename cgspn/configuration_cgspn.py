@@ -62,7 +62,7 @@ class CGSPNVisionConfig(BackboneConfigMixin, PreTrainedConfig):
         Dropout on attention probabilities of hybrid layers.
     use_position_embeddings (`bool`, *optional*, defaults to `False`):
         Learned absolute position embeddings (teachers use them; C-GSPN students need none). When enabled
-        they are bilinearly interpolated to the input's grid.
+        they are bicubically resampled to the input's grid.
     num_prefix_tokens (`int`, *optional*, defaults to 0):
         Class/register tokens prepended to the patch tokens.
     pooling (`str`, *optional*, defaults to `"map"`):

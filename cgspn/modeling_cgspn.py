@@ -280,7 +280,7 @@ class CGSPNAttentionPoolingHead(nn.Module):
 class CGSPNPreTrainedModel(PreTrainedModel):
     config_class = CGSPNVisionConfig
     config: CGSPNVisionConfig
-    base_model_prefix = "cgspn"
+    base_model_prefix = "vision_model"  # task models keep the tower there: a saved tower loads into them
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
@@ -532,7 +532,7 @@ class CGSPNBackbone(BackboneMixin, CGSPNPreTrainedModel):
         self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
         self.embeddings = CGSPNEmbeddings(config)
         self.encoder = CGSPNEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # the tower's final norm
         self.post_init()
 
     def forward(
@@ -553,7 +553,7 @@ class CGSPNBackbone(BackboneMixin, CGSPNPreTrainedModel):
             self.embeddings(pixel_values), height, width, output_hidden_states=True, output_attentions=output_attentions
         )
         feature_maps = tuple(
-            _patch_feature_map(self.layernorm(hidden_states[index]), self.config.num_prefix_tokens, height, width)
+            _patch_feature_map(self.post_layernorm(hidden_states[index]), self.config.num_prefix_tokens, height, width)
             for index in self.out_indices
         )
         output = BackboneOutput(
@@ -578,6 +578,7 @@ class CGSPNModel(CGSPNPreTrainedModel):
 
     config_class = CGSPNConfig
     config: CGSPNConfig
+    base_model_prefix = "cgspn"
     input_modalities = ("image", "text")
 
     def __init__(self, config: CGSPNConfig):

@@ -37,6 +37,7 @@ from cgspn.conversion import (  # noqa: E402
     build_model,
     load_teacher,
     main,
+    parse_attention_layers,
     resolve_teacher,
     teacher_taps,
     value_output_factors,
@@ -571,3 +572,14 @@ def test_parse_open_clip_spec():
     assert parse_open_clip_spec("open_clip:ViT-SO400M-14-SigLIP-384:webli") == ("ViT-SO400M-14-SigLIP-384", "webli")
     assert parse_open_clip_spec("open_clip:ViT-B-32") == ("ViT-B-32", None)
     assert parse_open_clip_spec("open_clip:hf-hub:timm/ViT-B-16-SigLIP") == ("hf-hub:timm/ViT-B-16-SigLIP", None)
+
+
+def test_attention_layer_indices_and_channels_are_validated():
+    assert parse_attention_layers("-1,0", 12) == [0, 11]
+    with pytest.raises(ValueError, match="out of range"):
+        parse_attention_layers("-13", 12)
+    with pytest.raises(ValueError, match="out of range"):
+        parse_attention_layers([12], 12)
+    spec = transformers_teacher_spec(_hf_siglip())
+    with pytest.raises(Exception, match="propagation_channels must be >= 1"):
+        build_model(spec, propagation_channels=0)

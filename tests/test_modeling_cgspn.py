@@ -13,11 +13,14 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from cgspn import (
+    CGSPNBackbone,
     CGSPNConfig,
     CGSPNForImageClassification,
+    CGSPNForSemanticSegmentation,
     CGSPNModel,
     CGSPNVisionConfig,
     CGSPNVisionModel,
+    propagate_ref,
 )
 
 
@@ -388,3 +391,33 @@ def test_clip_model_needs_both_inputs():
     model = make_model(CGSPNModel, tiny_clip_config())
     with pytest.raises(ValueError, match="needs both input_ids and pixel_values"):
         model(pixel_values=CGSPNVisionModelTester().pixel_values())
+
+
+def test_propagation_sublayer_matches_spec_by_hand(tester):
+    """SPEC §2: down -> heads -> propagate -> up on the patches; prefix tokens get up(mean of Y over the grid)."""
+    config = tester.get_config(num_prefix_tokens=2)
+    mixer = make_model(CGSPNVisionModel, config).encoder.layers[0].mixer.double()
+    hidden = torch.randn(3, 2 + 4 * 5, 36, dtype=torch.float64)
+    patches = hidden[:, 2:].reshape(3, 4, 5, 36)
+    z = patches @ mixer.down.weight.T + mixer.down.bias
+    g = z @ mixer.heads.weight.T + mixer.heads.bias
+    y = propagate_ref(z, g)
+    expected_patches = (y @ mixer.up.weight.T + mixer.up.bias).reshape(3, 20, 36)
+    expected_prefix = y.mean(dim=(1, 2)) @ mixer.up.weight.T + mixer.up.bias
+    out = mixer(hidden, 4, 5)
+    torch.testing.assert_close(out[:, 2:], expected_patches)
+    torch.testing.assert_close(out[:, 0], expected_prefix, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out[:, 1], expected_prefix, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("task_class", [CGSPNForImageClassification, CGSPNForSemanticSegmentation, CGSPNBackbone])
+def test_saved_tower_loads_into_task_models(tmp_path, tester, task_class):
+    tower = make_model(CGSPNVisionModel, tester.get_config())
+    tower.save_pretrained(tmp_path)
+    task_model = task_class.from_pretrained(tmp_path, num_labels=3)
+    loaded = task_model.state_dict()
+    prefix = "" if task_class is CGSPNBackbone else "vision_model."
+    for name, tensor in tower.state_dict().items():
+        if task_class is CGSPNBackbone and name.startswith("head."):
+            continue  # a backbone has no pooling head
+        assert torch.equal(loaded[prefix + name], tensor), name

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from cgspn.training.cli import main, parse_args, training_arguments
+from cgspn.training.data import build_image_processor
 from tests.test_training_utils import saved_dataset, single_thread, tiny_pair
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
@@ -56,6 +57,7 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     teacher, student = tiny_pair()
     teacher.save_pretrained(root / "teacher")
+    build_image_processor(image_size=32).save_pretrained(root / "teacher")  # as `cgspn convert` writes it
     student.save_pretrained(root / "student")
     saved_dataset(root / "data", count=16, seed=5)
     return root
@@ -124,3 +126,10 @@ def test_curriculum_command_with_teacher(folders, tmp_path):
     assert (output / "model.safetensors").is_file() and "curriculum" in (output / "README.md").read_text()
     # a resumed curriculum skips finished phases and re-exports
     assert main([*flags, "--resume"]) == 0
+
+
+def test_missing_image_processor_needs_explicit_normalization(folders, tmp_path):
+    flags = _flags(folders, tmp_path / "out", 4, "stage1")
+    flags[flags.index("--teacher") + 1] = str(folders / "student")  # a folder without preprocessor_config.json
+    with pytest.raises(SystemExit, match="--image-mean and --image-std"):
+        main(flags)

@@ -239,7 +239,7 @@ def test_backbone_feature_maps(out_indices, height, width):
         assert feature_map.shape == (2, 32, height // 8, width // 8)
     assert len(outputs.hidden_states) == config.num_hidden_layers + 1
     # each map is the final LayerNorm of that stage's patch tokens
-    last = backbone.layernorm(outputs.hidden_states[out_indices[-1]])[:, 1:]
+    last = backbone.post_layernorm(outputs.hidden_states[out_indices[-1]])[:, 1:]
     torch.testing.assert_close(outputs.feature_maps[-1].flatten(2).transpose(1, 2), last)
 
 

@@ -142,7 +142,7 @@ def parse_attention_layers(value: str | Sequence[int] | None, num_layers: int) -
         if value.strip().lower() == ALL_LAYERS:
             return list(range(num_layers))
         value = [int(part) for part in value.split(",") if part.strip()]
-    indices = sorted({index % num_layers if index < 0 else index for index in value})
+    indices = sorted({index + num_layers if index < 0 else index for index in value})
     bad = [index for index in indices if not 0 <= index < num_layers]
     if bad:
         raise ValueError(f"attention layers {bad} out of range for a tower of {num_layers} blocks")
@@ -159,7 +159,9 @@ def student_config(
     vision = spec.vision_config.to_dict()
     vision["attention_layer_indices"] = parse_attention_layers(attention_layers, spec.vision_config.num_hidden_layers)
     vision["use_position_embeddings"] = keep_position_embeddings and spec.vision_config.use_position_embeddings
-    vision["propagation_channels"] = propagation_channels or max(1, vision["hidden_size"] // 18)
+    vision["propagation_channels"] = (
+        max(1, vision["hidden_size"] // 18) if propagation_channels is None else propagation_channels
+    )
     for key in ("_out_features", "_out_indices", "stage_names", "out_features", "out_indices"):
         vision.pop(key, None)
     if not spec.is_dual:

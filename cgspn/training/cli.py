@@ -210,6 +210,12 @@ def run(namespace: argparse.Namespace) -> int:
         )
         base_size -= base_size % patch
     processor_source = processor_folder(namespace.teacher, namespace.student)
+    if processor_source is None and (namespace.image_mean is None or namespace.image_std is None):
+        raise SystemExit(
+            "No image processor (preprocessor_config.json) in the --teacher or --student folder: pass the teacher's "
+            "normalization with --image-mean and --image-std (e.g. SigLIP 0.5,0.5,0.5; OpenAI CLIP "
+            "0.4815,0.4578,0.4082 / 0.2686,0.2613,0.2758), or a --student folder written by `cgspn convert`"
+        )
     raw = load_image_dataset(namespace.data, namespace.split, namespace.streaming, namespace.dataset_config_name)
 
     def dataset_at(size: int):
