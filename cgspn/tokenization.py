@@ -171,19 +171,17 @@ def small_clip_tokenizer(
     return _make_clip_tokenizer(merges, model_max_length, EOS_TOKEN)
 
 
-def build_processor(
-    tokenizer,
-    image_size: int = 224,
+def clip_image_processor(
+    image_size: int,
     mean: Sequence[float] = OPENAI_CLIP_MEAN,
     std: Sequence[float] = OPENAI_CLIP_STD,
     resize_mode: str = "shortest_edge",
     resample: int = 3,
     rescale_factor: float = 1 / 255,
-) -> CLIPProcessor:
-    """A `CLIPProcessor` (image processor + tokenizer) for a model trained at ``image_size``.
+) -> CLIPImageProcessor:
+    """A `CLIPImageProcessor` for a model trained at ``image_size`` (also: a teacher's eval preprocessing).
 
     Args:
-        tokenizer: any transformers tokenizer (e.g. from this module).
         image_size: square input resolution of the model.
         mean / std: per-channel normalization (CLIP's by default; SigLIP uses 0.5/0.5).
         resize_mode: ``"shortest_edge"`` (resize the short side then center-crop, CLIP/open_clip style) or
@@ -191,9 +189,8 @@ def build_processor(
         resample: PIL resampling filter (3 = bicubic).
         rescale_factor: pixel scale before normalization.
 
-    Returns:
-        A `CLIPProcessor`; ``processor.save_pretrained(folder)`` makes it loadable with ``AutoProcessor``,
-        ``AutoImageProcessor`` and ``AutoTokenizer``.
+    Loaded with ``backend="pil"`` it matches torchvision-on-PIL transforms bit for bit; the default torchvision
+    backend differs by about one 8-bit level.
     """
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
@@ -205,18 +202,26 @@ def build_processor(
         geometry = {"size": {"height": image_size, "width": image_size}, "do_center_crop": False}
     else:
         raise ValueError(f"resize_mode must be 'shortest_edge' or 'squash', got {resize_mode!r}")
-    image_processor = CLIPImageProcessor(
+    return CLIPImageProcessor(
         **geometry,
         crop_size={"height": image_size, "width": image_size},
         resample=resample,
         do_rescale=True,
         rescale_factor=rescale_factor,
         do_normalize=True,
-        image_mean=list(mean),
-        image_std=list(std),
+        image_mean=[float(m) for m in mean],
+        image_std=[float(s) for s in std],
         do_convert_rgb=True,
     )
-    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_processor(tokenizer, image_size: int = 224, **image_kwargs) -> CLIPProcessor:
+    """A `CLIPProcessor`: `clip_image_processor(image_size, **image_kwargs)` + ``tokenizer``.
+
+    ``processor.save_pretrained(folder)`` makes it loadable with ``AutoProcessor``, ``AutoImageProcessor`` and
+    ``AutoTokenizer`` (and the zero-shot pipeline).
+    """
+    return CLIPProcessor(image_processor=clip_image_processor(image_size, **image_kwargs), tokenizer=tokenizer)
 
 
 __all__ = [
@@ -226,6 +231,7 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "build_processor",
     "bytes_to_unicode",
+    "clip_image_processor",
     "clip_tokenizer_from_open_clip_vocab",
     "open_clip_bpe_path",
     "small_clip_tokenizer",

@@ -47,6 +47,7 @@ from cgspn.conversion.init import LAMBDA, NUM_DIRECTIONS, NUM_FIELDS, WT_NEXT, W
 from cgspn.conversion.open_clip import image_processor_from_open_clip, open_clip_teacher_spec  # noqa: E402
 from cgspn.conversion.teacher import parse_open_clip_spec  # noqa: E402
 from cgspn.conversion.transformers import transformers_teacher_spec  # noqa: E402
+from cgspn.tokenization import clip_image_processor  # noqa: E402
 
 CLIP_VOCAB = 49408
 WIDTH, HEADS, DEPTH, IMAGE, PATCH, CONTEXT = 32, 2, 3, 32, 8, 16
@@ -502,7 +503,7 @@ def test_cli_hf_folder(tmp_path, capsys):
     teacher.save_pretrained(teacher_dir)
     tokenizer = oc_conversion.clip_tokenizer_for(CONTEXT, bidirectional=False)
     CLIPProcessor(
-        image_processor=oc_conversion.make_image_processor(IMAGE, (0.5,) * 3, (0.25,) * 3), tokenizer=tokenizer
+        image_processor=clip_image_processor(IMAGE, (0.5,) * 3, (0.25,) * 3), tokenizer=tokenizer
     ).save_pretrained(teacher_dir)
     assert (
         main(["--teacher", f"hf:{teacher_dir}", "--out", str(tmp_path / "student"), "--propagation-channels", "3"]) == 0
@@ -514,7 +515,7 @@ def test_cli_hf_folder(tmp_path, capsys):
 
 def test_cli_fails_on_preprocessing_mismatch(tmp_path, monkeypatch, capsys):
     def wrong_processor(model):
-        return oc_conversion.make_image_processor(IMAGE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        return clip_image_processor(IMAGE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
     monkeypatch.setattr(oc_conversion, "image_processor_from_open_clip", wrong_processor)
     assert main(["--teacher", f"open_clip:{TINY_VIT}", "--out", str(tmp_path / "bad")]) == 1

@@ -249,38 +249,3 @@ def clone_spec(spec: TeacherSpec, **changes) -> TeacherSpec:
     for key, value in changes.items():
         setattr(new, key, value)
     return new
-
-
-def make_image_processor(
-    size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    resize_mode: str = "shortest_edge",
-    resample: int = 3,
-):
-    """A `CLIPImageProcessor` reproducing a teacher's eval preprocessing.
-
-    ``resize_mode="shortest_edge"``: resize the short side to ``size`` then center-crop (CLIP/open_clip "shortest");
-    ``"squash"``: resize to ``size x size`` ignoring the aspect ratio (SigLIP). ``resample`` is a PIL filter (3 =
-    bicubic). Loaded with ``backend="pil"`` it matches torchvision-on-PIL transforms bit for bit; the default
-    torchvision backend differs by about one 8-bit level.
-    """
-    from transformers import CLIPImageProcessor
-
-    if resize_mode == "shortest_edge":
-        geometry = {"size": {"shortest_edge": size}, "do_center_crop": True}
-    elif resize_mode == "squash":
-        geometry = {"size": {"height": size, "width": size}, "do_center_crop": False}
-    else:
-        raise NotImplementedError(f"resize mode {resize_mode!r} (supported: 'shortest_edge', 'squash')")
-    return CLIPImageProcessor(
-        **geometry,
-        crop_size={"height": size, "width": size},
-        resample=resample,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[float(m) for m in mean],
-        image_std=[float(s) for s in std],
-        do_convert_rgb=True,
-    )

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..configuration_cgspn import CGSPNConfig, CGSPNVisionConfig
-from .common import Copy, TeacherSpec, fused_qkv, linear, make_image_processor
+from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor
+from .common import Copy, TeacherSpec, fused_qkv, linear
 
 logger = logging.getLogger(__name__)
 
@@ -397,10 +398,10 @@ def image_processor_from_open_clip(model: nn.Module):
         raise NotImplementedError(f"open_clip resize_mode {resize_mode!r} (supported: {sorted(_RESIZE_MODES)})")
     if interpolation not in _INTERPOLATION_TO_PIL:
         raise NotImplementedError(f"open_clip interpolation {interpolation!r}")
-    return make_image_processor(
-        size=_square(cfg.get("size", 224), "preprocessing size"),
-        mean=cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)),
-        std=cfg.get("std", (0.26862954, 0.26130258, 0.27577711)),
+    return clip_image_processor(
+        image_size=_square(cfg.get("size", 224), "preprocessing size"),
+        mean=cfg.get("mean", OPENAI_CLIP_MEAN),
+        std=cfg.get("std", OPENAI_CLIP_STD),
         resize_mode=_RESIZE_MODES[resize_mode],
         resample=_INTERPOLATION_TO_PIL[interpolation],
     )

@@ -16,13 +16,12 @@ import torch
 from torch import nn
 
 from ..configuration_cgspn import CGSPNConfig, CGSPNVisionConfig
-from .common import Copy, TeacherSpec, linear, make_image_processor
+from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor
+from .common import Copy, TeacherSpec, linear
 
 logger = logging.getLogger(__name__)
 
 SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _SUPPORTED = ("SiglipModel", "CLIPModel", "SiglipVisionModel", "CLIPVisionModel")
 
 
@@ -103,8 +102,8 @@ def default_image_processor(family: str, image_size: int):
     """The standard processor of a family when the teacher ships none: SigLIP squashes to the square and
     normalizes with 0.5/0.5; CLIP resizes the short side, center-crops and uses OpenAI's statistics."""
     if family == "siglip":
-        return make_image_processor(image_size, SIGLIP_MEAN_STD, SIGLIP_MEAN_STD, resize_mode="squash", resample=3)
-    return make_image_processor(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize_mode="shortest_edge")
+        return clip_image_processor(image_size, SIGLIP_MEAN_STD, SIGLIP_MEAN_STD, resize_mode="squash", resample=3)
+    return clip_image_processor(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize_mode="shortest_edge")
 
 
 def transformers_teacher_spec(model: nn.Module, processor=None, *, name: str | None = None) -> TeacherSpec:
