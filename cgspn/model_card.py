@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from torch import nn
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # only such teachers become `base_model`
 
 
 def build_model_card(
@@ -56,7 +58,7 @@ def build_model_card(
         license=license,
         tags=["cgspn", "vision", "spatial-propagation", "distillation"],
         datasets=datasets,
-        base_model=teacher if teacher and "/" in teacher and not os.path.exists(teacher) else None,
+        base_model=teacher if teacher and HUB_ID.match(teacher) and not os.path.exists(teacher) else None,
         model_name=Path(repo_id).name,
         eval_results=eval_results or None,
     )

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
@@ -480,6 +481,9 @@ def test_cli_open_clip_end_to_end(tmp_path, capsys):
     model = AutoModel.from_pretrained(out)
     assert isinstance(model, CGSPNModel)
     assert model.config.vision_config.attention_layer_indices == [DEPTH - 1]
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "transformers" and card.data.base_model is None  # not a hub id
+    assert "not yet distilled" in card.text and f"open_clip:{TINY_VIT}" in card.text
     assert (
         model.config.text_config.model_type == "clip_text_model" and model.config.text_config.hidden_act == "quick_gelu"
     )

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..model_card import write_model_card
 from ..modeling_cgspn import CGSPNModel, CGSPNVisionModel
 from .common import ALL_LAYERS, BuildResult, TeacherSpec, build_model, parse_attention_layers
 from .teacher import resolve_teacher
@@ -88,28 +89,20 @@ def save_processor(spec: TeacherSpec, out: Path) -> None:
         spec.image_processor.save_pretrained(out)
 
 
-def model_card(spec: TeacherSpec, result: BuildResult) -> str:
-    """A short README.md stub for the converted folder."""
+def write_card(spec: TeacherSpec, result: BuildResult, out: Path, teacher: str) -> Path:
+    """The hub model card (`cgspn.model_card`) of a converted, not yet distilled, folder."""
     vision = getattr(result.model.config, "vision_config", None) or result.model.config
-    hybrid = vision.attention_layer_indices
-    propagation = vision.propagation_layer_indices
-    notes = "".join(f"- {note}\n" for note in spec.notes)
-    return (
-        "---\nlibrary_name: transformers\ntags:\n- cgspn\n- vision\n- distillation\n---\n\n"
-        f"# C-GSPN converted from {spec.description}\n\n"
-        "Converted with `cgspn-convert` (not yet distilled). Patch embedding, norms, MLPs, final norm, pooling head, "
-        "projections, logit scale/bias and the text tower are the teacher's; "
-        f"{len(propagation)} of {vision.num_hidden_layers} blocks use C-GSPN propagation "
-        f"(Cc = {vision.propagation_channels}, down/up from the rank-Cc SVD of the teacher's W_O W_V), "
-        f"hybrid attention blocks: {hybrid or 'none'}; position embeddings: "
-        f"{'kept' if vision.use_position_embeddings else 'dropped'}.\n\n"
-        "Propagation layers must be distilled from the teacher before use (SPEC §4).\n\n"
-        "```python\nimport cgspn\nfrom transformers import AutoModel, AutoProcessor\n"
-        "model = AutoModel.from_pretrained(folder, trust_remote_code=True)\n"
-        "# backend='pil' reproduces the teacher's (PIL-based) preprocessing bit for bit\n"
-        "processor = AutoProcessor.from_pretrained(folder, backend='pil')\n```\n"
-        + (f"\n## Notes\n{notes}" if notes else "")
-    )
+    rows = {
+        "status": "converted with `cgspn-convert`, not yet distilled: distill the propagation layers (SPEC §4) "
+        "before use",
+        "copied from the teacher": "patch embedding, norms, MLPs, final norm, pooling head, projections, "
+        "logit scale/bias, text tower",
+        "propagation init": "down/up from the rank-Cc SVD of the teacher's W_O W_V",
+        "position embeddings": "kept" if vision.use_position_embeddings else "dropped",
+        "preprocessing": "`AutoProcessor.from_pretrained(folder, backend='pil')` reproduces the teacher's bit for bit",
+        **{f"note {index}": note for index, note in enumerate(spec.notes, 1)},
+    }
+    return write_model_card(result.model, out, teacher=teacher, extra_rows=rows)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -289,7 +282,7 @@ def convert(
     out.mkdir(parents=True, exist_ok=True)
     result.model.save_pretrained(out)
     save_processor(spec, out)
-    (out / "README.md").write_text(model_card(spec, result))
+    write_card(spec, result, out, teacher.removeprefix("hf:") if isinstance(teacher, str) else spec.description)
 
     report = ConversionReport(out=out, spec=spec, result=result)
     saved_checks, loaded = check_saved_model(out, result)

@@ -197,7 +197,7 @@ def _export_final(student, args: TrainingArguments, results, card_info, resoluti
         losses = [loss for result in results for loss in result.losses]
         steps = sum(result.global_step for result in results)
         info = {**(card_info or {}), "resolutions": list(resolutions)}
-        write_model_card(output_dir, "curriculum", args.resolved("stage2"), steps, losses, info)
+        write_model_card(student, output_dir, "curriculum", args.resolved("stage2"), steps, losses, info)
         if args.push_to_hub:
             push_folder_to_hub(output_dir, args.push_to_hub, args.hub_private, args.hub_token)
     state.wait_for_everyone()

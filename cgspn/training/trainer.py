@@ -8,7 +8,6 @@ main process, Accelerate trackers, ``save_state`` checkpoints keeping the last K
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -19,6 +18,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from ..model_card import write_model_card as _write_card
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ class DistillationTrainer:
             tower_state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
             vision_tower(student).load_state_dict(tower_state)
             student.save_pretrained(str(output_dir), safe_serialization=True)
-            write_model_card(output_dir, self.task.name, self.args, global_step, losses, self.card_info)
+            write_model_card(student, output_dir, self.task.name, self.args, global_step, losses, self.card_info)
             if self.args.push_to_hub:
                 push_folder_to_hub(output_dir, self.args.push_to_hub, self.args.hub_private, self.args.hub_token)
         accelerator.wait_for_everyone()
@@ -403,6 +404,7 @@ class DistillationTrainer:
 
 
 def write_model_card(
+    student: nn.Module,
     output_dir: str | Path,
     stage: str,
     args: TrainingArguments,
@@ -410,40 +412,20 @@ def write_model_card(
     losses: list[float],
     info: dict[str, Any],
 ) -> Path:
-    """Write ``README.md``: metadata (library, tags, base model) and how the student was distilled."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    base_model = info.get("teacher") if isinstance(info.get("teacher"), str) else None
-    data = ModelCardData(
-        library_name="transformers",
-        license="apache-2.0",
-        tags=["cgspn", "vision", "distillation", "image-feature-extraction"],
-        base_model=base_model if base_model and "/" in base_model and not Path(base_model).exists() else None,
-        pipeline_tag="image-feature-extraction",
-    )
+    """Write ``README.md`` (`cgspn.model_card`) with how the student was distilled; adaptors are not exported."""
     settings = {
-        "stage": stage,
+        "distillation": f"`cgspn-train {stage}` (SPEC §4); tap adaptors not included",
         "steps": global_step,
-        "learning_rate": args.learning_rate,
-        "lr_scheduler": args.lr_scheduler,
-        "warmup_steps": args.warmup_steps,
-        "per_device_batch_size": args.per_device_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "mixed_precision": args.mixed_precision,
-        "final_loss": round(losses[-1], 6) if losses else None,
-        **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, list))},
+        "learning rate / schedule / warm-up": f"{args.learning_rate} / {args.lr_scheduler} / {args.warmup_steps}",
+        "batch per device x accumulation": f"{args.per_device_batch_size} x {args.gradient_accumulation_steps}",
+        "mixed precision": args.mixed_precision,
+        "final loss": f"{losses[-1]:.6g}" if losses else "n/a",
+        **{k: str(v) for k, v in info.items() if k != "teacher" and isinstance(v, (str, int, float, bool, list))},
     }
-    content = (
-        f"---\n{data.to_yaml()}\n---\n\n"
-        "# C-GSPN student\n\n"
-        "A C-GSPN vision backbone (ViT blocks whose attention is replaced by compact 4-direction spatial\n"
-        f"propagation) distilled from its teacher with `cgspn-train {stage}` (SPEC §4). Load it with\n"
-        "`AutoModel.from_pretrained(path, trust_remote_code=True)`. Distillation adaptors are not included.\n\n"
-        "## Training\n\n```json\n" + json.dumps(settings, indent=2, default=str) + "\n```\n"
+    teacher = info.get("teacher") if isinstance(info.get("teacher"), str) else None
+    return _write_card(
+        student, output_dir, repo_id=args.push_to_hub or str(output_dir), teacher=teacher, extra_rows=settings
     )
-    path = Path(output_dir) / "README.md"
-    ModelCard(content).save(path)
-    return path
 
 
 def push_folder_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
