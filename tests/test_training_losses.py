@@ -7,11 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cgspn.training.losses import FeatureDistillationLoss, TapAdaptor, feature_loss, sublayer_mse
+from cgspn.training.losses import (
+    FeatureDistillationLoss,
+    TapAdaptor,
+    feature_loss,
+    output_loss,
+    relative_mse,
+    sublayer_mse,
+)
 from cgspn.training.stages import FeatureTask, SublayerTask, distill_layers, upsample_tokens
 from tests.test_training_utils import single_thread, tiny_pair
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+PAPER_LOSS = {"tap_weight": 1.0, "output_weight": 0.0}
 
 
 def test_feature_loss_matches_its_definition():
@@ -67,11 +75,11 @@ def test_upsample_tokens_keeps_prefix_and_resamples_patches():
 
 def test_stage2_taps_are_at_the_right_blocks():
     teacher, student = tiny_pair(num_layers=27, hidden=16)
-    task = FeatureTask(teacher, student, distill_every=9)
+    task = FeatureTask(teacher, student, distill_every=9, **PAPER_LOSS)
     assert task.layers == [8, 17, 26]
     assert sorted(task.module.criterion.adaptors) == sorted(f"{k}_{i}" for i in (8, 17, 26) for k in ("pp", "pb"))
     pixels = torch.randn(2, 3, 16, 16)
-    targets = task.teacher_targets(pixels, (4, 4))
+    targets = task.teacher_targets(pixels, (4, 4))["taps"]
     assert sorted(targets) == [8, 17, 26]
     hidden = teacher(pixels, output_hidden_states=True).hidden_states
     for index in task.layers:
@@ -86,7 +94,7 @@ def test_stage2_taps_are_at_the_right_blocks():
 
 def test_stage2_frozen_tail_when_last_tap_is_not_the_last_block():
     teacher, student = tiny_pair(num_layers=4)
-    task = FeatureTask(teacher, student, distill_every=3)
+    task = FeatureTask(teacher, student, distill_every=3, **PAPER_LOSS)
     assert task.layers == [2]
     blocks = task.module.student.encoder.layers
     assert all(p.requires_grad for p in blocks[2].parameters())
@@ -131,7 +139,7 @@ def test_stage2_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
         teacher, student = tiny_pair(num_layers=4)
-        task = FeatureTask(teacher, student, distill_every=2)
+        task = FeatureTask(teacher, student, distill_every=2, tap_weight=1.0, output_weight=1.0)
         if checkpointing:
             enable_gradient_checkpointing(task.module.student)
         task.module.train()
@@ -146,8 +154,50 @@ def test_stage2_gradient_checkpointing_gives_the_same_gradients():
 
 def test_multi_resolution_draw_is_seeded_by_step():
     teacher, student = tiny_pair(num_layers=2)
-    task = FeatureTask(teacher, student, distill_every=1, resolutions=[16, 24, 32], seed=5)
+    task = FeatureTask(teacher, student, distill_every=1, resolutions=[16, 24, 32], seed=5, **PAPER_LOSS)
     draws = [task.resolution_for_step(step) for step in range(20)]
     assert set(draws) == {16, 24, 32}
     assert draws == [task.resolution_for_step(step) for step in range(20)]
     assert math.isclose(task.module.criterion.kl_weights["pp"], 7 / 3)
+
+
+def test_output_loss_matches_its_definition():
+    torch.manual_seed(0)
+    tokens_s, tokens_t = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    pooled_s, pooled_t = torch.randn(2, 6), torch.randn(2, 6)
+    total, parts = output_loss(tokens_s, tokens_t, pooled_s, pooled_t)
+    relative = ((tokens_s - tokens_t) ** 2).mean() / (tokens_t**2).mean()
+    relative_pooled = ((pooled_s - pooled_t) ** 2).mean() / (pooled_t**2).mean()
+    cosine = 1 - F.cosine_similarity(pooled_s, pooled_t, dim=-1).mean()
+    torch.testing.assert_close(total, relative + relative_pooled + 10 * cosine)
+    torch.testing.assert_close(parts["output_pooled_cosine"], cosine)
+    zero, _ = output_loss(tokens_t, tokens_t, pooled_t, 3 * pooled_t)
+    torch.testing.assert_close(zero, torch.tensor(4.0 / 9.0))  # same direction: only the pooled scale error
+    assert relative_mse(tokens_t, tokens_t).item() == 0.0
+    assert relative_mse(torch.zeros_like(tokens_t), tokens_t).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shape"):
+        relative_mse(tokens_s, tokens_t[:, :4])
+
+
+@pytest.mark.parametrize("pooling", ["cls", "map", "mean"])
+def test_default_stage2_trains_the_whole_tower_and_the_class_token_path(pooling):
+    prefix = 0 if pooling == "mean" else 1
+    teacher, student = tiny_pair(num_layers=3, pooling=pooling, num_prefix_tokens=prefix)
+    task = FeatureTask(teacher, student)
+    assert task.module.criterion is None and task.layers == []  # the "cgspn" recipe: output loss only
+    loss, parts = task.loss(task.module, torch.randn(2, 3, 32, 32), 0, contextlib.nullcontext)
+    assert sorted(parts) == ["output_pooled", "output_pooled_cosine", "output_tokens"]
+    loss.backward()
+    named = dict(task.module.named_parameters())
+    assert all(p.requires_grad for p in named.values())
+    missing = [name for name, p in named.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []  # final norm, pooling head, class token and every propagation layer learn
+    if prefix:
+        assert named["student.embeddings.prefix_tokens"].grad.abs().sum() > 0
+
+
+def test_stage2_loss_weights_are_checked():
+    teacher, student = tiny_pair(num_layers=2)
+    for weights in ({"tap_weight": 0.0, "output_weight": 0.0}, {"tap_weight": -1.0, "output_weight": 1.0}):
+        with pytest.raises(ValueError, match="tap_weight and output_weight"):
+            FeatureTask(teacher, student, distill_every=1, **weights)

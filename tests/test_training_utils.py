@@ -26,6 +26,7 @@ def single_thread():
 def tiny_teacher(num_layers: int = 4, hidden: int = 32, seed: int = 0, **overrides) -> CGSPNVisionModel:
     """A random all-attention teacher tower with position embeddings (what conversion's load_teacher returns)."""
     torch.manual_seed(seed)
+    settings = {"pooling": "mean", **overrides}
     config = CGSPNVisionConfig(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -36,9 +37,8 @@ def tiny_teacher(num_layers: int = 4, hidden: int = 32, seed: int = 0, **overrid
         propagation_channels=8,
         attention_layer_indices=list(range(num_layers)),
         use_position_embeddings=True,
-        pooling="mean",
         initializer_range=0.2,  # O(1) features: random teachers with the default 0.02 give ~1e-5 targets
-        **overrides,
+        **settings,
     )
     return CGSPNVisionModel(config).eval()
 

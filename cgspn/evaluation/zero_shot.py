@@ -63,7 +63,7 @@ def _text_padding(model) -> dict:
     text_config = getattr(config, "text_config", None)
     model_types = (str(getattr(config, "model_type", "")), str(getattr(text_config, "model_type", "")))
     if any("siglip" in model_type for model_type in model_types):
-        return {"padding": "max_length", "max_length": 64}
+        return {"padding": "max_length", "max_length": text_config.max_position_embeddings}
     return {"padding": True}
 
 

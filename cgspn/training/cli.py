@@ -24,6 +24,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .defaults import RECIPE_NAMES
 from .trainer import MIXED_PRECISION, SCHEDULERS, TrainingArguments
 
 STAGES = ("stage1", "stage2", "curriculum")
@@ -67,11 +68,21 @@ def _add_common(parser: argparse.ArgumentParser, stage: str) -> None:
     models.add_argument("--image-mean", type=_float_list, help="normalization mean (default: teacher processor)")
     models.add_argument("--image-std", type=_float_list, help="normalization std (default: teacher processor)")
 
-    optim = parser.add_argument_group("optimization (None = paper default of the stage)")
+    optim = parser.add_argument_group("optimization (unset: the default of the stage in --recipe)")
+    optim.add_argument(
+        "--recipe",
+        choices=RECIPE_NAMES,
+        default="cgspn",
+        help="cgspn: the measured best (output distillation, rates scaled to the width); paper: SPEC §4 as published",
+    )
     optim.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (per curriculum phase)")
     optim.add_argument("--batch-size", type=int, default=32, dest="per_device_batch_size", help="per device")
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    optim.add_argument("--learning-rate", type=float, help="stage1: 4e-5, stage2/curriculum: 4e-4")
+    optim.add_argument(
+        "--learning-rate",
+        type=float,
+        help="cgspn: stage1 2e-3, stage2/curriculum 1e-3, times min(1, 256/width); paper: 4e-5 / 4e-4",
+    )
     optim.add_argument("--lr-scheduler", choices=SCHEDULERS, help="stage1: linear, stage2/curriculum: cosine")
     optim.add_argument("--warmup-steps", type=int, help="stage1: 300, stage2: 10000 (at most max_steps/10)")
     optim.add_argument("--weight-decay", type=float, default=0.0)
@@ -100,6 +111,8 @@ def _add_common(parser: argparse.ArgumentParser, stage: str) -> None:
     if stage == "stage1":
         loss.add_argument("--train-layer-norm", action="store_true", help="also train LN1 of propagation layers")
         return
+    loss.add_argument("--output-weight", type=float, help="weight of the output loss (cgspn: 1, paper: 0)")
+    loss.add_argument("--tap-weight", type=float, help="weight of the PP/PB tap loss (cgspn: 0, paper: 1)")
     loss.add_argument("--distill-every", type=int, default=9, help="tap PP/PB every N blocks (paper: 9 of 27)")
     loss.add_argument("--kl-weight", type=float, default=7.0 / 3.0, help="lam of MSE + lam*KL (PP and PB)")
     loss.add_argument("--alpha", type=float, default=0.5, help="weight of the PP terms")
@@ -234,6 +247,8 @@ def run(namespace: argparse.Namespace) -> int:
             "kl_weight": namespace.kl_weight,
             "alpha": namespace.alpha,
             "beta": namespace.beta,
+            "tap_weight": namespace.tap_weight,
+            "output_weight": namespace.output_weight,
         }
         batch_resolutions = namespace.batch_resolutions
         if namespace.stage == "stage2":

@@ -1,4 +1,5 @@
-"""Distillation losses of SPEC §4: stage-1 sublayer MSE and stage-2 feature MSE + KL through MLP adaptors."""
+"""Distillation losses: stage-1 sublayer MSE and stage-2 feature MSE + KL through MLP adaptors (SPEC §4), and the
+output loss of the ``"cgspn"`` recipe (the student's final tokens and pooled embedding against the teacher's)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,35 @@ def feature_loss(adapted: torch.Tensor, teacher: torch.Tensor, kl_weight: float 
     log_teacher = F.log_softmax(teacher, dim=-1).flatten(0, -2)
     kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
     return mse + kl_weight * kl
+
+
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``MSE(s, t) / mean(t**2)`` in fp32: a scale-free error (0 = equal, 1 = as far as predicting zeros)."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"Student and teacher features differ in shape: {student.shape} vs {teacher.shape}")
+    student, teacher = student.float(), teacher.float()
+    return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+POOLED_COSINE_WEIGHT = 10.0
+
+
+def output_loss(
+    student_tokens: torch.Tensor,
+    teacher_tokens: torch.Tensor,
+    student_pooled: torch.Tensor,
+    teacher_pooled: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of the student's own output: relative MSE of the final (B, N, C) tokens, plus relative MSE and
+    ``10 * (1 - cosine)`` of the (B, D) pooled embeddings (zero-shot scores use their direction). Returns the total
+    and its detached parts."""
+    parts = {
+        "tokens": relative_mse(student_tokens, teacher_tokens),
+        "pooled": relative_mse(student_pooled, teacher_pooled),
+        "pooled_cosine": 1 - F.cosine_similarity(student_pooled.float(), teacher_pooled.float(), dim=-1).mean(),
+    }
+    total = parts["tokens"] + parts["pooled"] + POOLED_COSINE_WEIGHT * parts["pooled_cosine"]
+    return total, {f"output_{name}": value.detach() for name, value in parts.items()}
 
 
 class TapAdaptor(nn.Module):

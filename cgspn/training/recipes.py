@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from .defaults import STAGE2_LOSSES, check_recipe
 from .stages import FeatureTask, SublayerTask, freeze, frozen_copy, student_from_teacher, vision_tower
 from .trainer import DistillationTrainer, TrainingArguments, TrainResult, push_folder_to_hub, write_model_card
 
@@ -101,10 +102,14 @@ def distill_stage2(
     beta: float = 0.5,
     teacher_resolution: int | None = None,
     card_info: dict[str, Any] | None = None,
+    tap_weight: float | None = None,
+    output_weight: float | None = None,
 ) -> TrainResult:
-    """Stage 2 (end-to-end PP/PB feature distillation) on a dataset of ``pixel_values``."""
+    """Stage 2 (end-to-end distillation) on a dataset of ``pixel_values``; ``None`` loss weights take the defaults of
+    ``args.recipe`` (:data:`~cgspn.training.defaults.STAGE2_LOSSES`)."""
     from accelerate.utils import set_seed
 
+    defaults = STAGE2_LOSSES[check_recipe(args.recipe)]
     set_seed(args.seed)  # the adaptors' initialization
     task = FeatureTask(
         teacher,
@@ -116,6 +121,8 @@ def distill_stage2(
         alpha=alpha,
         beta=beta,
         seed=args.seed,
+        tap_weight=defaults.tap_weight if tap_weight is None else tap_weight,
+        output_weight=defaults.output_weight if output_weight is None else output_weight,
     )
     return DistillationTrainer(task, dataset, args, card_info=card_info).train()
 
@@ -147,7 +154,7 @@ def distill_curriculum(
             skips finished phases (reloading their export) and resumes the current one.
         batch_resolutions: Optional multi-resolution sampling: each phase draws per batch among those of these
             resolutions that do not exceed its own, plus its own.
-        stage2_options: ``distill_every``, ``kl_weight``, ``alpha``, ``beta``.
+        stage2_options: ``distill_every``, ``kl_weight``, ``alpha``, ``beta``, ``tap_weight``, ``output_weight``.
     """
     resolutions = list(resolutions)
     if not resolutions or any(r < 1 for r in resolutions):

@@ -5,9 +5,10 @@ A task owns a frozen teacher and a trainable ``module`` (the one handed to ``acc
 - :class:`SublayerTask` (stage 1): one teacher forward records every block's input and token-mixer output;
   each student propagation layer computes ``mixer(layer_norm1(h_teacher_input))`` and is pulled towards the
   teacher's sublayer output with an MSE. Only propagation parameters train by default.
-- :class:`FeatureTask` (stage 2 and the curriculum): the student runs end to end; PP and PB taps every
-  ``distill_every`` blocks pass MLP adaptors and meet the teacher's taps in ``MSE + lam * KL``. The teacher may
-  run at a lower resolution than the student (curriculum): its patch features are bilinearly upsampled.
+- :class:`FeatureTask` (stage 2 and the curriculum): the student runs end to end against a weighted sum of
+  the paper's PP and PB taps every ``distill_every`` blocks (through MLP adaptors, ``MSE + lam * KL``) and of the
+  student's own output (final tokens and pooled embedding; the ``"cgspn"`` recipe). The teacher may run at a lower
+  resolution than the student (curriculum): its patch features are bilinearly upsampled.
 
 The teacher stays outside the prepared module, so checkpoints hold only what trains.
 """
@@ -25,7 +26,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..taps import FeatureTaps
-from .losses import DEFAULT_KL_WEIGHT, FeatureDistillationLoss, sublayer_mse
+from .defaults import STAGE2_LOSSES
+from .losses import DEFAULT_KL_WEIGHT, FeatureDistillationLoss, output_loss, sublayer_mse
 
 logger = logging.getLogger(__name__)
 
@@ -154,28 +156,43 @@ class SublayerDistiller(nn.Module):
 
 
 class FeatureDistiller(nn.Module):
-    """Trainable part of stage 2: the student tower and the tap adaptors (dropped at export).
+    """Trainable part of stage 2: the student tower and, when taps are weighted, their adaptors (dropped at export).
 
-    Parameters after the last tapped block (later blocks, final norm, pooling head) get no gradient from the
-    taps and are frozen, so data-parallel training needs no unused-parameter search.
+    Without the output loss, parameters after the last tapped block (later blocks, final norm, pooling head) get no
+    gradient and are frozen, so data-parallel training needs no unused-parameter search.
     """
 
-    def __init__(self, student: nn.Module, criterion: FeatureDistillationLoss):
+    def __init__(
+        self, student: nn.Module, criterion: FeatureDistillationLoss | None, tap_weight: float, output_weight: float
+    ):
         super().__init__()
         self.student = student
         self.criterion = criterion
-        last = max(criterion.layers)
-        frozen = [*student.encoder.layers[last + 1 :], student.post_layernorm]
-        frozen += [student.head] if getattr(student, "head", None) is not None else []
-        for module in frozen:
-            module.requires_grad_(False)
+        self.tap_weight = tap_weight
+        self.output_weight = output_weight
+        if not output_weight:
+            last = max(criterion.layers)
+            frozen = [*student.encoder.layers[last + 1 :], student.post_layernorm]
+            frozen += [student.head] if getattr(student, "head", None) is not None else []
+            for module in frozen:
+                module.requires_grad_(False)
 
-    def forward(
-        self, pixel_values: torch.Tensor, teacher: dict[int, dict[str, torch.Tensor]]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with FeatureTaps(self.student, self.criterion.layers) as taps:
-            self.student(pixel_values)
-        return self.criterion(taps.records, teacher)
+    def forward(self, pixel_values: torch.Tensor, teacher: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted loss against ``teacher`` (``FeatureTask.teacher_targets``) and its detached parts."""
+        layers = self.criterion.layers if self.criterion is not None else []
+        with FeatureTaps(self.student, layers) as taps:
+            output = self.student(pixel_values)
+        total, parts = 0.0, {}
+        if self.criterion is not None:
+            tap_loss, parts = self.criterion(taps.records, teacher["taps"])
+            total = self.tap_weight * tap_loss
+        if self.output_weight:
+            loss, output_parts = output_loss(
+                output.last_hidden_state, teacher["tokens"], output.pooler_output, teacher["pooled"]
+            )
+            total = total + self.output_weight * loss
+            parts.update(output_parts)
+        return total, parts
 
 
 def _grid(pixel_values: torch.Tensor, patch_size: int) -> tuple[int, int]:
@@ -217,7 +234,7 @@ class SublayerTask:
 
 
 class FeatureTask:
-    """Stage 2 / curriculum phase: end-to-end feature distillation at PP and PB taps (SPEC §4).
+    """Stage 2 / curriculum phase: end-to-end distillation of PP/PB taps (SPEC §4) and of the student's output.
 
     Args:
         teacher: Frozen teacher (the original one, or the previous curriculum phase's student).
@@ -226,7 +243,10 @@ class FeatureTask:
         teacher_resolution: Resolution the teacher sees (curriculum); ``None`` = the student's batch resolution.
         resolutions: Optional per-batch resolutions for the student (multi-resolution training); one is drawn
             per optimizer step from a generator seeded by ``(seed, step)``, so resumed runs draw the same ones.
-        kl_weight / alpha / beta: Loss weights (SPEC: 7/3, 0.5, 0.5).
+        kl_weight / alpha / beta: Tap loss weights (SPEC: 7/3, 0.5, 0.5).
+        tap_weight / output_weight: Weights of the tap loss (through adaptors, SPEC §4) and of the output loss
+            (final tokens and pooled embedding, :func:`~cgspn.training.losses.output_loss`); defaults: the
+            ``"cgspn"`` recipe (output only). At least one must be positive.
     """
 
     name = "stage2"
@@ -242,18 +262,28 @@ class FeatureTask:
         alpha: float = 0.5,
         beta: float = 0.5,
         seed: int = 0,
+        tap_weight: float = STAGE2_LOSSES["cgspn"].tap_weight,
+        output_weight: float = STAGE2_LOSSES["cgspn"].output_weight,
     ):
+        if tap_weight < 0 or output_weight < 0 or not (tap_weight or output_weight):
+            raise ValueError(
+                f"tap_weight and output_weight must be >= 0 and one of them > 0, got {tap_weight} and {output_weight}"
+            )
         self.teacher = freeze(vision_tower(teacher))
         self.student_model = student
         student_tower = vision_tower(student)
         num_layers = len(student_tower.encoder.layers)
         if len(self.teacher.encoder.layers) != num_layers:
             raise ValueError(f"Teacher has {len(self.teacher.encoder.layers)} blocks, student {num_layers}")
-        self.layers = distill_layers(num_layers, distill_every)
-        criterion = FeatureDistillationLoss(
-            student_tower.config.hidden_size, self.layers, kl_weight, kl_weight, alpha=alpha, beta=beta
+        self.layers = distill_layers(num_layers, distill_every) if tap_weight else []
+        criterion = (
+            FeatureDistillationLoss(
+                student_tower.config.hidden_size, self.layers, kl_weight, kl_weight, alpha=alpha, beta=beta
+            )
+            if tap_weight
+            else None
         )
-        self.module = FeatureDistiller(student_tower, criterion)
+        self.module = FeatureDistiller(student_tower, criterion, tap_weight, output_weight)
         self.teacher_resolution = teacher_resolution
         self.resolutions = list(resolutions or [])
         self.seed = seed
@@ -271,15 +301,23 @@ class FeatureTask:
 
     @torch.no_grad()
     def teacher_targets(self, pixel_values: torch.Tensor, student_grid: tuple[int, int]) -> dict:
-        """Teacher PP/PB taps, at the teacher's resolution, resampled to the student's patch grid."""
+        """The teacher's ``"taps"`` (PP/PB per tapped block), final ``"tokens"`` and ``"pooled"`` embedding, at the
+        teacher's resolution; tokens are resampled to the student's patch grid."""
         if self.teacher_resolution is not None:
             pixel_values = _resize(pixel_values, self.teacher_resolution)
         grid = _grid(pixel_values, self.teacher_patch_size)
         with FeatureTaps(self.teacher, self.layers, detach=True) as taps:
-            self.teacher(pixel_values)
+            output = self.teacher(pixel_values)
+
+        def resample(tokens: torch.Tensor) -> torch.Tensor:
+            return upsample_tokens(tokens, self.num_prefix, grid, student_grid)
+
         return {
-            index: {kind: upsample_tokens(record[kind], self.num_prefix, grid, student_grid) for kind in ("pp", "pb")}
-            for index, record in taps.records.items()
+            "taps": {
+                index: {kind: resample(record[kind]) for kind in ("pp", "pb")} for index, record in taps.records.items()
+            },
+            "tokens": resample(output.last_hidden_state),
+            "pooled": output.pooler_output,
         }
 
     def loss(self, module: nn.Module, pixel_values: torch.Tensor, step: int, autocast) -> tuple[torch.Tensor, dict]:

@@ -20,14 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..model_card import write_model_card as _write_card
+from .defaults import RECIPE_NAMES, check_recipe, stage_defaults
 
 logger = logging.getLogger(__name__)
 
-STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # SPEC §4 / paper: stage 1 AdamW lr 4e-5, 300 warm-up steps, linear decay; stage 2 lr 4e-4, cosine, 10k warm-up.
-    "stage1": {"learning_rate": 4e-5, "lr_scheduler": "linear", "warmup_steps": 300},
-    "stage2": {"learning_rate": 4e-4, "lr_scheduler": "cosine", "warmup_steps": 10_000},
-}
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CHECKPOINT_DIR = "checkpoints"
@@ -48,8 +44,9 @@ class DistillationTask(Protocol):
 
 @dataclass
 class TrainingArguments:
-    """Optimization, checkpointing and export settings. ``None`` fields take the stage's paper default
-    (:data:`STAGE_DEFAULTS`); a default warm-up longer than a tenth of ``max_steps`` is shortened to that.
+    """Optimization, checkpointing and export settings. ``None`` fields take the default of the stage in ``recipe``
+    (:mod:`cgspn.training.defaults`: ``"cgspn"``, the measured best, or ``"paper"``); a default warm-up longer than a
+    tenth of ``max_steps`` is shortened to that.
 
     ``stop_after_steps`` ends a run early (checkpointed, schedule still that of ``max_steps``: for time-sliced
     jobs); ``save_outputs=False`` writes no checkpoint and no export (benchmarks)."""
@@ -57,6 +54,7 @@ class TrainingArguments:
     output_dir: str
     max_steps: int = 1000
     per_device_batch_size: int = 32
+    recipe: str = "cgspn"
     gradient_accumulation_steps: int = 1
     learning_rate: float | None = None
     lr_scheduler: str | None = None
@@ -92,6 +90,7 @@ class TrainingArguments:
             raise ValueError("save_steps must be >= 0 (0 = only at the end) and save_total_limit >= 1")
         if self.lr_scheduler is not None and self.lr_scheduler not in SCHEDULERS:
             raise ValueError(f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
+        check_recipe(self.recipe)
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.learning_rate is not None and self.learning_rate <= 0:
@@ -99,14 +98,16 @@ class TrainingArguments:
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             raise ValueError(f"stop_after_steps must be >= 1, got {self.stop_after_steps}")
 
-    def resolved(self, stage: str) -> TrainingArguments:
-        """A copy with the stage defaults filled in."""
-        if stage not in STAGE_DEFAULTS:
-            raise ValueError(f"Unknown stage {stage!r}; expected one of {sorted(STAGE_DEFAULTS)}")
+    def resolved(self, stage: str, width: int | None = None) -> TrainingArguments:
+        """A copy with the defaults of ``stage`` in ``self.recipe`` filled in, for a student of ``width`` channels."""
+        defaults = stage_defaults(self.recipe, stage)
         values = asdict(self)
-        for name, default in STAGE_DEFAULTS[stage].items():
-            if values[name] is None:
-                values[name] = min(default, self.max_steps // 10) if name == "warmup_steps" else default
+        if values["learning_rate"] is None:
+            values["learning_rate"] = defaults.learning_rate_for(width)
+        if values["lr_scheduler"] is None:
+            values["lr_scheduler"] = defaults.lr_scheduler
+        if values["warmup_steps"] is None:
+            values["warmup_steps"] = min(defaults.warmup_steps, self.max_steps // 10)
         return TrainingArguments(**values)
 
 
@@ -192,7 +193,10 @@ class DistillationTrainer:
 
         args.validate()
         self.task = task
-        self.args = args.resolved("stage1" if task.name == "stage1" else "stage2")
+        from .stages import vision_tower
+
+        width = vision_tower(task.student_model).config.hidden_size
+        self.args = args.resolved("stage1" if task.name == "stage1" else "stage2", width)
         self.card_info = card_info or {}
         output_dir = Path(self.args.output_dir)
         self.trackers = [*(_trackers(self.args.report_to) or []), *(trackers or [])]
@@ -446,7 +450,7 @@ def push_folder_to_hub(folder: str | Path, repo_id: str, private: bool = False, 
 
 
 __all__ = [
-    "STAGE_DEFAULTS",
+    "RECIPE_NAMES",
     "DistillationTrainer",
     "TrainResult",
     "TrainState",
