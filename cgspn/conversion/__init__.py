@@ -5,13 +5,14 @@
 * `build_model`: a student (propagation layers initialized from the teacher, SPEC §4) or, with every layer kept as
   attention and the position embeddings kept, an exact reconstruction of the teacher.
 * `load_teacher`: the frozen exact teacher for distillation; `teacher_taps` records its per-block features.
-* `convert` / `main`: the ``cgspn-convert`` command (write a folder, then verify it).
+* `convert`: write a student (or exact) folder with its processor and model card, then verify it against the
+  teacher (`cgspn.conversion.verify`); ``cgspn convert`` (`cgspn.conversion.cli`) only parses arguments for it.
 
 Heavy optional dependencies (open_clip, timm) are imported only when an open_clip teacher is converted.
 """
 
-from .cli import ConversionReport, convert, main
 from .common import BuildResult, Copy, TeacherSpec, build_model, parse_attention_layers, student_config
+from .convert import ConversionReport, convert
 from .init import init_propagation_from_attention, propagation_heads_init, value_output_factors
 from .teacher import load_teacher, resolve_teacher, teacher_taps
 from .transformers import transformers_teacher_spec
@@ -25,7 +26,6 @@ __all__ = [
     "convert",
     "init_propagation_from_attention",
     "load_teacher",
-    "main",
     "parse_attention_layers",
     "propagation_heads_init",
     "resolve_teacher",

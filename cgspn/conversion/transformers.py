@@ -162,8 +162,8 @@ def transformers_teacher_spec(model: nn.Module, processor=None, *, name: str | N
         def image_features(pixel_values: torch.Tensor) -> torch.Tensor:
             return _pooled(model.get_image_features(pixel_values=pixel_values))
 
-        def text_features(input_ids: torch.Tensor) -> torch.Tensor:
-            return _pooled(model.get_text_features(input_ids=input_ids))
+        def text_features(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+            return _pooled(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
     else:
         config = CGSPNVisionConfig(**vision)
