@@ -22,8 +22,9 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SemanticSegmenterOutput
 
+from cgspn.data import load_image_dataset
 from cgspn.demo import make_shapes_dataset
-from cgspn.evaluation import evaluate_segmentation, evaluate_zero_shot, load_eval_dataset, load_metric
+from cgspn.evaluation import evaluate_segmentation, evaluate_zero_shot, load_metric
 from cgspn.evaluation.cli import main
 from cgspn.evaluation.metrics import metric_path
 from cgspn.evaluation.segmentation import find_mask_column
@@ -315,7 +316,7 @@ def test_segmentation_on_an_ade20k_style_image_folder(tmp_path):
         example["annotation"].save(folder / f"ann_{index}.png")
         rows.append(json.dumps({"file_name": f"img_{index}.png", "annotation_file_name": f"ann_{index}.png"}))
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    dataset = load_eval_dataset(tmp_path / "ade", "validation")
+    dataset = load_image_dataset(tmp_path / "ade", "validation")
     assert len(dataset) == 4 and find_mask_column(dataset) == "annotation"
     processor = SegformerImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     result = evaluate_segmentation(RedDetector(), processor, dataset, progress=False)
@@ -335,16 +336,16 @@ def test_segmentation_on_tiny_segformer_with_crop_processor(tiny_segformer, proc
 # ------------------------------------------------------------------------------------------------- data loading / CLI
 
 
-def test_load_eval_dataset_from_folders_and_files(demo, tmp_path):
+def test_load_image_dataset_from_folders_and_files(demo, tmp_path):
     demo.save_to_disk(tmp_path / "saved")
-    assert len(load_eval_dataset(tmp_path / "saved", "validation")) == 4
+    assert len(load_image_dataset(tmp_path / "saved", "validation")) == 4
     with pytest.raises(ValueError, match="available"):
-        load_eval_dataset(tmp_path / "saved", "dev")
+        load_image_dataset(tmp_path / "saved", "dev")
     demo.dataset["test"].to_parquet(str(tmp_path / "test.parquet"))
-    from_parquet = load_eval_dataset(tmp_path / "test.parquet", "test")
+    from_parquet = load_image_dataset(tmp_path / "test.parquet", "test")
     assert np.array_equal(np.asarray(from_parquet[3]["image"]), np.asarray(demo.dataset["test"][3]["image"]))
     with pytest.raises(FileNotFoundError):
-        load_eval_dataset(tmp_path / "nothing" / "here", "test")
+        load_image_dataset(tmp_path / "nothing" / "here", "test")
 
 
 def _imagenet_style_folder(demo, root):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cgspn.data import build_image_processor
 from cgspn.training.cli import main, parse_args, training_arguments
-from cgspn.training.data import build_image_processor
 from tests.test_training_utils import saved_dataset, single_thread, tiny_pair
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)

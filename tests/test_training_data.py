@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 
-from cgspn.training.data import (
+from cgspn.data import (
     build_image_processor,
     collate_pixel_values,
     find_image_column,

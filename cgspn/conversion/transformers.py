@@ -8,7 +8,6 @@ Other classes (SigLIP2 NaFlex, CLIP with projection-only vision models, ...) rai
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -18,8 +17,6 @@ from torch import nn
 from ..configuration_cgspn import CGSPNConfig, CGSPNVisionConfig
 from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor
 from .common import Copy, TeacherSpec, linear
-
-logger = logging.getLogger(__name__)
 
 SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)
 _SUPPORTED = ("SiglipModel", "CLIPModel", "SiglipVisionModel", "CLIPVisionModel")
@@ -198,18 +195,13 @@ def _pooled(output) -> torch.Tensor:
 
 
 def load_transformers(repo_or_folder: str | os.PathLike, **kwargs):
-    """``AutoModel.from_pretrained`` (the library's own loading) -> (model in eval mode, processor or ``None``)."""
-    from transformers import AutoImageProcessor, AutoModel, AutoProcessor
+    """``AutoModel.from_pretrained`` (the library's own loading) -> (model in eval mode, processor or ``None``, as
+    `cgspn.data.load_processor` finds it)."""
+    from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(repo_or_folder, **kwargs).eval()
-    processor = None
-    for loader in (AutoProcessor, AutoImageProcessor):
-        try:
-            processor = loader.from_pretrained(repo_or_folder)
-            break
-        except Exception as error:  # folders saved without a processor
-            logger.info("%s.from_pretrained(%s) failed: %s", loader.__name__, repo_or_folder, error)
-    return model, processor
+    from ..data import load_processor
+
+    return AutoModel.from_pretrained(repo_or_folder, **kwargs).eval(), load_processor(repo_or_folder)
 
 
 def transformers_spec_from_pretrained(repo_or_folder: str | os.PathLike) -> TeacherSpec:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import require_columns
+from ..data import require_columns
 from .metrics import load_metric
 from .zero_shot import model_device_dtype
 

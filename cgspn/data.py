@@ -1,0 +1,365 @@
+"""The one data and preprocessing layer of training, evaluation and the demo, through `datasets` and transformers
+processors.
+
+* Datasets: `load_image_dataset` reads local folders (``save_to_disk``, image folders, folders of data files),
+  parquet/arrow/csv/json files, webdataset tar shards, globs and hub ids, optionally streamed; a dataset folder may
+  carry class names and prompt templates (`save_dataset_metadata` / `read_dataset_metadata`).
+* Processors: `load_processor` loads a model folder's processor however transformers saved it
+  (``processor_config.json`` or ``preprocessor_config.json`` + tokenizer files); `build_image_processor` and
+  `resized_processor` fit one to a training resolution; `pixel_values` turns images into a batch.
+* Distillation data: `prepare_dataset` keeps the images and decodes them into ``pixel_values`` on the fly.
+* Zero-shot prompts: `DEFAULT_TEMPLATES` (the one definition) and `check_templates`.
+
+Example:
+
+```python
+>>> from cgspn.data import build_image_processor, load_image_dataset, prepare_dataset
+>>> raw = load_image_dataset("path/to/images", split="train")
+>>> processor = build_image_processor(image_size=378, mean=[0.5] * 3, std=[0.5] * 3)
+>>> dataset = prepare_dataset(raw, processor, image_size=378)
+>>> dataset[0]["pixel_values"].shape
+torch.Size([3, 378, 378])
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
+    from transformers.image_processing_utils import BaseImageProcessor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
+FILE_BUILDERS = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".tar": "webdataset",
+}
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+METADATA_FILE = "cgspn_demo.json"  # class names and templates saved next to a dataset (first written by the demo)
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a cropped photo of a {}.",
+    "a rendering of a {}.",
+    "art of the {}.",
+    "a close-up photo of a {}.",
+)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _load_saved(path: Path, split: str, streaming: bool) -> Dataset | IterableDataset:
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(str(path))
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"Split {split!r} not in the saved dataset at {path}; available: {', '.join(dataset)}")
+        dataset = dataset[split]
+    return dataset.to_iterable_dataset(num_shards=max(1, min(64, len(dataset) // 1000))) if streaming else dataset
+
+
+def _files_by_builder(files: Sequence[Path]) -> tuple[str, list[str]]:
+    builders = {FILE_BUILDERS[f.suffix] for f in files if f.suffix in FILE_BUILDERS}
+    if len(builders) > 1:
+        raise ValueError(f"Mixed data file types {sorted(builders)}; point --data at one kind of file")
+    builder = builders.pop()
+    return builder, sorted(str(f) for f in files if FILE_BUILDERS.get(f.suffix) == builder)
+
+
+def load_image_dataset(
+    source: str | os.PathLike,
+    split: str = "train",
+    streaming: bool = False,
+    name: str | None = None,
+) -> Dataset | IterableDataset:
+    """Load one split of a dataset from wherever it lives.
+
+    Args:
+        source: A folder saved with ``save_to_disk`` (a `DatasetDict`, or a single `Dataset` whose split is not
+            checked); any other local folder, handed to ``datasets.load_dataset`` (image folders with optional
+            ``metadata.jsonl``, ImageNet-style ``split/class/*.jpg`` trees, folders of parquet/arrow/csv/json files or
+            ``.tar`` webdataset shards, split by file or folder names); one such file; a glob pattern of files; or a
+            hub dataset id (``HF_HUB_OFFLINE=1``: cached copies only).
+        split: Split to load (``train`` for single-split sources).
+        streaming: Return an ``IterableDataset`` reading lazily (for sets larger than the disk cache).
+        name: Configuration name of a hub dataset.
+    """
+    from datasets import load_dataset
+
+    path = Path(source)
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            return _load_saved(path, split, streaming)
+        return _checked_split(lambda: load_dataset(str(path), name, split=split, streaming=streaming), source, split)
+    matches = [path] if path.is_file() else sorted(Path(p) for p in _glob(str(source)))
+    if matches:
+        unknown = [str(f) for f in matches if f.suffix not in FILE_BUILDERS]
+        if unknown:
+            raise ValueError(f"Unsupported data files {unknown[:3]}: expected {sorted(FILE_BUILDERS)}")
+        builder, data_files = _files_by_builder(matches)
+        return load_dataset(builder, data_files={split: data_files}, split=split, streaming=streaming)
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1 or path.suffix in FILE_BUILDERS:
+        raise FileNotFoundError(f"No data found at {source}: the path does not exist")
+    try:
+        return _checked_split(lambda: load_dataset(str(source), name, split=split, streaming=streaming), source, split)
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"cannot load hub dataset {source!r}: {error}. Offline (HF_HUB_OFFLINE=1) only datasets already in the "
+            "local cache load; otherwise pass a local folder or file."
+        ) from error
+
+
+def _checked_split(load, source, split: str):
+    try:
+        return load()
+    except ValueError as error:
+        if "split" in str(error).lower():
+            raise ValueError(f"cannot load split {split!r} of {source}: {error}") from error
+        raise
+
+
+def _glob(pattern: str) -> list[str]:
+    import glob
+
+    return glob.glob(pattern, recursive=True) if any(c in pattern for c in "*?[") else []
+
+
+def find_image_column(dataset: Dataset | IterableDataset, image_column: str | None = None) -> str:
+    """The column holding images: ``image_column`` if given, else the first ``Image`` feature or a usual name."""
+    from datasets import Image
+
+    features = dataset.features
+    columns = list(features) if features is not None else list(getattr(dataset, "column_names", None) or [])
+    if image_column is not None:
+        if columns and image_column not in columns:
+            raise ValueError(f"Image column {image_column!r} not in the dataset's columns {columns}")
+        return image_column
+    if features is not None:
+        for column, feature in features.items():
+            if isinstance(feature, Image):
+                return column
+    for candidate in IMAGE_COLUMN_NAMES:
+        if candidate in columns:
+            return candidate
+    raise ValueError(f"No image column among {columns}; pass image_column (--image-column)")
+
+
+def require_columns(dataset: Dataset | IterableDataset, columns: Sequence[str]) -> None:
+    """Raise a clear error when a column is missing (no-op when a streamed dataset does not know its columns)."""
+    available = getattr(dataset, "column_names", None)
+    if available is None:
+        return
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ValueError(f"column(s) {missing} not found in the dataset; available columns: {available}")
+
+
+def save_dataset_metadata(path: str | os.PathLike, **metadata: Any) -> Path:
+    """Write ``metadata`` (e.g. ``class_names``, ``templates``) as JSON next to a saved dataset."""
+    file = Path(path) / METADATA_FILE
+    file.write_text(json.dumps(metadata, indent=2))
+    return file
+
+
+def read_dataset_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The metadata `save_dataset_metadata` wrote next to a dataset, or ``None``."""
+    file = Path(path) / METADATA_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def check_templates(templates: Sequence[str]) -> list[str]:
+    """Validate prompt templates: non-empty, each with exactly one ``{}`` placeholder."""
+    templates = list(templates)
+    if not templates:
+        raise ValueError("at least one prompt template (with one '{}' placeholder for the class name) is needed")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"each template needs exactly one '{{}}' placeholder; got {bad}")
+    return templates
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# processors
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_processor(folder: str | os.PathLike, trust_remote_code: bool = False):
+    """A model folder's processor as transformers saved it: ``AutoProcessor`` (image processor + tokenizer, from
+    ``processor_config.json`` or the separate files), else ``AutoImageProcessor`` alone, else ``None``."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    for loader in (AutoProcessor, AutoImageProcessor):
+        try:
+            processor = loader.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # no (such) processor in the folder
+            logger.info("%s.from_pretrained(%s): %s", loader.__name__, folder, error)
+            continue
+        if image_processor_of(processor) is not None:
+            return processor
+    return None
+
+
+def image_processor_of(processor) -> BaseImageProcessor | None:
+    """The image processor of a processor (``processor.image_processor``), or the processor itself if it is one."""
+    if processor is None:
+        return None
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None:
+        return image_processor
+    return processor if hasattr(processor, "preprocess") else None
+
+
+def build_image_processor(
+    teacher=None,
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> BaseImageProcessor:
+    """A copy of the image processor of ``teacher`` (a processor, or a model folder read by `load_processor`), or a
+    square resize + normalize processor of ``image_size``.
+
+    ``mean``/``std`` override the teacher's values; without a teacher processor they default to SigLIP's 0.5.
+    """
+    from transformers import SiglipImageProcessor
+
+    if teacher is not None and isinstance(teacher, (str, os.PathLike)):
+        teacher = load_processor(teacher)
+    image_processor = image_processor_of(teacher)
+    if image_processor is not None:
+        processor = copy.deepcopy(image_processor)
+        if mean is not None:
+            processor.image_mean = list(mean)
+        if std is not None:
+            processor.image_std = list(std)
+        return processor
+    if image_size is None:
+        raise ValueError("Without a teacher image processor, an image size (--image-size) is needed")
+    return SiglipImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_mean=list(mean or SIGLIP_MEAN),
+        image_std=list(std or SIGLIP_STD),
+    )
+
+
+def processor_size_kwargs(processor: BaseImageProcessor, image_size: int | None) -> dict[str, Any]:
+    """Call arguments making ``processor`` output square ``image_size`` images (resize, then centre crop if any)."""
+    if image_size is None:
+        return {}
+    square = {"height": image_size, "width": image_size}
+    if getattr(processor, "do_center_crop", False):
+        return {"size": {"shortest_edge": image_size}, "crop_size": square}
+    return {"size": square}
+
+
+def resized_processor(processor, image_size: int | None, image_processor: BaseImageProcessor | None = None):
+    """A copy of ``processor`` (a full processor or an image processor) whose image processor outputs square
+    ``image_size`` images: what a model trained on those pixels ships. ``image_processor`` (e.g. the training one,
+    with its normalization) replaces the processor's own; ``None`` in, ``None`` out."""
+    image_processor = copy.deepcopy(image_processor or image_processor_of(processor))
+    if image_processor is None:
+        return None
+    for name, value in processor_size_kwargs(image_processor, image_size).items():
+        setattr(image_processor, name, value)
+    if getattr(processor, "image_processor", None) is None:
+        return image_processor
+    processor = copy.copy(processor)
+    processor.image_processor = image_processor
+    return processor
+
+
+def pixel_values(image_processor: BaseImageProcessor, images: Sequence, **kwargs: Any) -> torch.Tensor:
+    """``(B, 3, H, W)`` pixel values of PIL images (converted to RGB) through ``image_processor``."""
+    images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
+    return image_processor(images=images, return_tensors="pt", **kwargs)["pixel_values"]
+
+
+class ImageTransform:
+    """Batched ``datasets`` transform: images of ``image_column`` -> ``pixel_values`` tensors."""
+
+    def __init__(self, processor: BaseImageProcessor, image_column: str, image_size: int | None = None):
+        self.processor = processor
+        self.image_column = image_column
+        self.kwargs = processor_size_kwargs(processor, image_size)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list[torch.Tensor]]:
+        return {"pixel_values": list(pixel_values(self.processor, batch[self.image_column], **self.kwargs))}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# distillation data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def prepare_dataset(
+    dataset: Dataset | IterableDataset,
+    processor: BaseImageProcessor,
+    image_size: int | None = None,
+    image_column: str | None = None,
+    seed: int = 0,
+    shuffle_buffer: int = 1000,
+) -> Dataset | IterableDataset:
+    """Keep only images and turn them into ``pixel_values`` on the fly.
+
+    Map-style datasets are shuffled by the trainer's seeded sampler; streamed ones here, with a seeded buffer
+    (``set_epoch`` reshuffles each epoch deterministically).
+    """
+    from datasets import Image, IterableDataset
+
+    column = find_image_column(dataset, image_column)
+    dataset = dataset.select_columns([column])
+    feature = (dataset.features or {}).get(column)
+    if feature is not None and not isinstance(feature, Image):
+        dataset = dataset.cast_column(column, Image())  # paths or {"bytes", "path"} structs
+    transform = ImageTransform(processor, column, image_size)
+    if isinstance(dataset, IterableDataset):
+        if shuffle_buffer > 1:
+            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        return dataset.map(transform, batched=True, batch_size=16, remove_columns=[column])
+    return dataset.with_transform(transform)
+
+
+def collate_pixel_values(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack ``pixel_values`` of a list of examples into a (B, 3, H, W) batch."""
+    return {"pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples])}
+
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "METADATA_FILE",
+    "ImageTransform",
+    "build_image_processor",
+    "check_templates",
+    "collate_pixel_values",
+    "find_image_column",
+    "image_processor_of",
+    "load_image_dataset",
+    "load_processor",
+    "pixel_values",
+    "prepare_dataset",
+    "processor_size_kwargs",
+    "read_dataset_metadata",
+    "require_columns",
+    "resized_processor",
+    "save_dataset_metadata",
+]
