@@ -39,6 +39,7 @@ from cgspn.conversion import (  # noqa: E402
     load_teacher,
     parse_attention_layers,
     resolve_teacher,
+    student_from_teacher,
     teacher_taps,
     value_output_factors,
 )
@@ -453,6 +454,17 @@ def test_default_student_svd_init(teachers):
         # any grid works without position embeddings
         other = student.get_image_features(torch.randn(1, 3, 3 * PATCH, 5 * PATCH)).pooler_output
     assert features.shape == (2, WIDTH) and torch.isfinite(features).all() and torch.isfinite(other).all()
+
+
+def test_student_from_a_loaded_teacher_is_the_converted_student(teachers):
+    """One builder: a student built from the loaded exact teacher equals the one converted from the source."""
+    spec = transformers_teacher_spec(teachers["hf_clip"])
+    direct = build_model(spec, attention_layers=[1], propagation_channels=3).model.state_dict()
+    exact = build_model(spec, attention_layers="all", keep_position_embeddings=True).model
+    via_teacher = student_from_teacher(exact, [1], propagation_channels=3).state_dict()
+    assert sorted(via_teacher) == sorted(direct)
+    for key, value in direct.items():
+        assert torch.equal(via_teacher[key], value), key
 
 
 def test_propagation_init_passes_constant_inputs():
