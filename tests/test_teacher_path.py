@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoProcessor, pipeline
 
 from cgspn.cli import main
@@ -108,3 +109,10 @@ def test_exact_conversion_scores_like_the_teacher_in_the_pipeline(tmp_path, fami
     for mine, theirs in zip(got, expected, strict=True):
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
     assert len({round(entry["score"], 3) for entry in expected}) == len(labels)  # the scores do differ
+
+    # a C-GSPN folder is a teacher source too, and gives the student the source teacher gives (one builder)
+    for source, out in ((f"hf:{teacher}", "from_teacher"), (f"hf:{exact}", "from_exact")):
+        assert main(["convert", "--teacher", source, "--out", str(tmp_path / out), "--propagation-channels", "2"]) == 0
+    direct = load_file(tmp_path / "from_teacher" / "model.safetensors")
+    via_exact = load_file(tmp_path / "from_exact" / "model.safetensors")
+    assert sorted(direct) == sorted(via_exact) and all(torch.equal(via_exact[k], v) for k, v in direct.items())

@@ -35,8 +35,9 @@ HF_PREFIX = "hf:"
 
 
 def is_cgspn_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a saved C-GSPN model folder (its config's ``model_type`` starts with ``cgspn``)."""
-    config = Path(path) / "config.json"
+    """Whether ``path`` (optionally ``hf:``-prefixed) is a saved C-GSPN model folder (its config's ``model_type``
+    starts with ``cgspn``)."""
+    config = Path(str(path).removeprefix(HF_PREFIX)) / "config.json"
     if not config.is_file():
         return False
     return str(json.loads(config.read_text()).get("model_type", "")).startswith("cgspn")
@@ -108,7 +109,8 @@ def resolve_teacher(
     if is_cgspn_folder(text):
         from ..data import load_processor
 
-        return cgspn_teacher_spec(load_cgspn_model(text), load_processor(text), name=text)
+        folder = text.removeprefix(HF_PREFIX)
+        return cgspn_teacher_spec(load_cgspn_model(folder), load_processor(folder), name=folder)
     if text.startswith(OPEN_CLIP_PREFIX):
         from .open_clip import open_clip_spec_from_name
 
@@ -158,7 +160,8 @@ def load_teacher_and_processor(
     elif not isinstance(teacher, nn.Module) and is_cgspn_folder(teacher):
         from ..data import load_processor
 
-        model, processor = load_cgspn_model(teacher, dtype), load_processor(teacher)
+        folder = str(teacher).removeprefix(HF_PREFIX)
+        model, processor = load_cgspn_model(folder, dtype), load_processor(folder)
     else:
         spec = resolve_teacher(teacher, vision_only=vision_only)
         model = build_model(spec, attention_layers=ALL_LAYERS, keep_position_embeddings=True).model
