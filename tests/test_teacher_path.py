@@ -116,3 +116,15 @@ def test_exact_conversion_scores_like_the_teacher_in_the_pipeline(tmp_path, fami
     direct = load_file(tmp_path / "from_teacher" / "model.safetensors")
     via_exact = load_file(tmp_path / "from_exact" / "model.safetensors")
     assert sorted(direct) == sorted(via_exact) and all(torch.equal(via_exact[k], v) for k, v in direct.items())
+
+
+def test_teacher_without_processor_needs_explicit_normalization(tmp_path, demo_data):
+    """A transformers teacher saved without a processor: training does not guess its normalization."""
+    model, _ = save_tiny_transformers_teacher(tmp_path / "with_processor", "clip")
+    model.save_pretrained(tmp_path / "bare")
+    argv = ["train", "stage1", "--teacher", f"hf:{tmp_path / 'bare'}", "--data", str(demo_data), *TRAIN_FLAGS]
+    with pytest.raises(SystemExit, match="--image-mean and --image-std"):
+        main([*argv, "--output-dir", str(tmp_path / "refused")])
+    normalization = ["--image-mean", "0.5,0.5,0.5", "--image-std", "0.5,0.5,0.5"]
+    assert main([*argv, *normalization, "--output-dir", str(tmp_path / "s1")]) == 0
+    assert list(AutoImageProcessor.from_pretrained(tmp_path / "s1").image_std) == [0.5] * 3

@@ -90,6 +90,8 @@ class TeacherSpec:
         image_processor / tokenizer / processor: what the converted folder ships (`processor` wins when set).
         description: human-readable teacher name for reports and the model card.
         notes: conversion notes (e.g. a tokenizer that could not be built offline).
+        image_processor_is_default: the teacher shipped no image processor, so ``image_processor`` is its family's
+            standard one (a guess of the normalization, which training does not make on its own).
     """
 
     config: CGSPNConfig | CGSPNVisionConfig
@@ -104,6 +106,7 @@ class TeacherSpec:
     processor: object | None = None
     description: str = "teacher"
     notes: list[str] = field(default_factory=list)
+    image_processor_is_default: bool = False
 
     @property
     def vision_config(self) -> CGSPNVisionConfig:

@@ -146,7 +146,8 @@ def load_teacher_and_processor(
     device: str | torch.device = "cpu",
 ) -> tuple[CGSPNModel | CGSPNVisionModel, object | None]:
     """The frozen teacher as an exact C-GSPN model (all blocks attention, position embeddings kept), in eval mode,
-    and the processor a model folder built from it ships (`TeacherSpec.processor_to_ship`; ``None`` if unknown).
+    and the processor a model folder built from it ships (`TeacherSpec.processor_to_ship`; ``None`` when the teacher
+    ships none: a transformers folder without one, a model instance).
 
     Args:
         teacher: a source accepted by `resolve_teacher`, a saved C-GSPN folder (loaded as is: e.g. the frozen
@@ -165,7 +166,8 @@ def load_teacher_and_processor(
     else:
         spec = resolve_teacher(teacher, vision_only=vision_only)
         model = build_model(spec, attention_layers=ALL_LAYERS, keep_position_embeddings=True).model
-        processor = spec.processor_to_ship()
+        # training takes no guessed normalization: the family's standard processor stays a `cgspn convert` note
+        processor = None if spec.image_processor_is_default else spec.processor_to_ship()
     if vision_only and isinstance(model, CGSPNModel):
         model = model.vision_model
     return freeze(model.to(device=device, dtype=dtype)), processor

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..configuration_cgspn import CGSPNConfig, CGSPNVisionConfig
+from ..data import image_processor_of
 from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor
 from .common import Copy, TeacherSpec, linear
 
@@ -119,12 +120,11 @@ def transformers_teacher_spec(model: nn.Module, processor=None, *, name: str | N
     target = "vision_model." if dual else ""
     vision, copies = _vision_tower(family, vision_config, target, target)
 
-    image_processor = getattr(processor, "image_processor", None) or (
-        processor if processor is not None and hasattr(processor, "preprocess") else None
-    )
+    image_processor = image_processor_of(processor)
     tokenizer = getattr(processor, "tokenizer", None)
     notes: list[str] = []
-    if image_processor is None:
+    default_preprocessing = image_processor is None
+    if default_preprocessing:
         image_processor = default_image_processor(family, vision_config.image_size)
         notes.append("the teacher had no image processor: built the family's standard one")
 
@@ -185,6 +185,7 @@ def transformers_teacher_spec(model: nn.Module, processor=None, *, name: str | N
         processor=processor if getattr(processor, "tokenizer", None) is not None else None,
         description=f"hf:{name}" if name else type(model).__name__,
         notes=notes,
+        image_processor_is_default=default_preprocessing,
     )
     return spec
 
