@@ -1,14 +1,9 @@
-"""The one data and preprocessing layer of training, evaluation and the demo, through `datasets` and transformers
-processors.
+"""Image datasets through `datasets`: local folders, saved datasets, parquet/arrow/csv/json files, webdataset tar
+shards and hub ids, optionally streamed; and their pixel values through an image processor.
 
-* Datasets: `load_image_dataset` reads local folders (``save_to_disk``, image folders, folders of data files),
-  parquet/arrow/csv/json files, webdataset tar shards, globs and hub ids, optionally streamed; a dataset folder may
-  carry class names and prompt templates (`save_dataset_metadata` / `read_dataset_metadata`).
-* Processors: `load_processor` loads a model folder's processor however transformers saved it
-  (``processor_config.json`` or ``preprocessor_config.json`` + tokenizer files); `build_image_processor` and
-  `resized_processor` fit one to a training resolution; `pixel_values` turns images into a batch.
-* Distillation data: `prepare_dataset` keeps the images and decodes them into ``pixel_values`` on the fly.
-* Zero-shot prompts: `DEFAULT_TEMPLATES` (the one definition) and `check_templates`.
+`load_image_dataset` serves training, evaluation and the demo. For distillation only images are needed
+(`prepare_dataset` drops captions and other columns and decodes images into ``pixel_values`` on the fly), with the
+teacher's image processor (`build_image_processor`) or one built from a size/mean/std.
 
 Example:
 
@@ -25,7 +20,6 @@ torch.Size([3, 378, 378])
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -50,22 +44,6 @@ FILE_BUILDERS = {
     ".tar": "webdataset",
 }
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
-METADATA_FILE = "cgspn_demo.json"  # class names and templates saved next to a dataset (first written by the demo)
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a bad photo of a {}.",
-    "a photo of the large {}.",
-    "a photo of the small {}.",
-    "a cropped photo of a {}.",
-    "a rendering of a {}.",
-    "art of the {}.",
-    "a close-up photo of a {}.",
-)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# datasets
-# --------------------------------------------------------------------------------------------------------------------
 
 
 def _load_saved(path: Path, split: str, streaming: bool) -> Dataset | IterableDataset:
@@ -175,61 +153,6 @@ def require_columns(dataset: Dataset | IterableDataset, columns: Sequence[str]) 
         raise ValueError(f"column(s) {missing} not found in the dataset; available columns: {available}")
 
 
-def save_dataset_metadata(path: str | os.PathLike, **metadata: Any) -> Path:
-    """Write ``metadata`` (e.g. ``class_names``, ``templates``) as JSON next to a saved dataset."""
-    file = Path(path) / METADATA_FILE
-    file.write_text(json.dumps(metadata, indent=2))
-    return file
-
-
-def read_dataset_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The metadata `save_dataset_metadata` wrote next to a dataset, or ``None``."""
-    file = Path(path) / METADATA_FILE
-    return json.loads(file.read_text()) if file.is_file() else None
-
-
-def check_templates(templates: Sequence[str]) -> list[str]:
-    """Validate prompt templates: non-empty, each with exactly one ``{}`` placeholder."""
-    templates = list(templates)
-    if not templates:
-        raise ValueError("at least one prompt template (with one '{}' placeholder for the class name) is needed")
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise ValueError(f"each template needs exactly one '{{}}' placeholder; got {bad}")
-    return templates
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# processors
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def load_processor(folder: str | os.PathLike, trust_remote_code: bool = False):
-    """A model folder's processor as transformers saved it: ``AutoProcessor`` (image processor + tokenizer, from
-    ``processor_config.json`` or the separate files), else ``AutoImageProcessor`` alone, else ``None``."""
-    from transformers import AutoImageProcessor, AutoProcessor
-
-    for loader in (AutoProcessor, AutoImageProcessor):
-        try:
-            processor = loader.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, KeyError, TypeError) as error:  # no (such) processor in the folder
-            logger.info("%s.from_pretrained(%s): %s", loader.__name__, folder, error)
-            continue
-        if image_processor_of(processor) is not None:
-            return processor
-    return None
-
-
-def image_processor_of(processor) -> BaseImageProcessor | None:
-    """The image processor of a processor (``processor.image_processor``), or the processor itself if it is one."""
-    if processor is None:
-        return None
-    image_processor = getattr(processor, "image_processor", None)
-    if image_processor is not None:
-        return image_processor
-    return processor if hasattr(processor, "preprocess") else None
-
-
 def build_image_processor(
     teacher=None,
     image_size: int | None = None,
@@ -242,6 +165,8 @@ def build_image_processor(
     ``mean``/``std`` override the teacher's values; without a teacher processor they default to SigLIP's 0.5.
     """
     from transformers import SiglipImageProcessor
+
+    from .processors import image_processor_of, load_processor
 
     if teacher is not None and isinstance(teacher, (str, os.PathLike)):
         teacher = load_processor(teacher)
@@ -272,22 +197,6 @@ def processor_size_kwargs(processor: BaseImageProcessor, image_size: int | None)
     return {"size": square}
 
 
-def resized_processor(processor, image_size: int | None, image_processor: BaseImageProcessor | None = None):
-    """A copy of ``processor`` (a full processor or an image processor) whose image processor outputs square
-    ``image_size`` images: what a model trained on those pixels ships. ``image_processor`` (e.g. the training one,
-    with its normalization) replaces the processor's own; ``None`` in, ``None`` out."""
-    image_processor = copy.deepcopy(image_processor or image_processor_of(processor))
-    if image_processor is None:
-        return None
-    for name, value in processor_size_kwargs(image_processor, image_size).items():
-        setattr(image_processor, name, value)
-    if getattr(processor, "image_processor", None) is None:
-        return image_processor
-    processor = copy.copy(processor)
-    processor.image_processor = image_processor
-    return processor
-
-
 def pixel_values(image_processor: BaseImageProcessor, images: Sequence, **kwargs: Any) -> torch.Tensor:
     """``(B, 3, H, W)`` pixel values of PIL images (converted to RGB) through ``image_processor``."""
     images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
@@ -304,11 +213,6 @@ class ImageTransform:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list[torch.Tensor]]:
         return {"pixel_values": list(pixel_values(self.processor, batch[self.image_column], **self.kwargs))}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# distillation data
-# --------------------------------------------------------------------------------------------------------------------
 
 
 def prepare_dataset(
@@ -345,21 +249,14 @@ def collate_pixel_values(examples: list[dict[str, Any]]) -> dict[str, torch.Tens
 
 
 __all__ = [
-    "DEFAULT_TEMPLATES",
-    "METADATA_FILE",
+    "FILE_BUILDERS",
     "ImageTransform",
     "build_image_processor",
-    "check_templates",
     "collate_pixel_values",
     "find_image_column",
-    "image_processor_of",
     "load_image_dataset",
-    "load_processor",
     "pixel_values",
     "prepare_dataset",
     "processor_size_kwargs",
-    "read_dataset_metadata",
     "require_columns",
-    "resized_processor",
-    "save_dataset_metadata",
 ]
