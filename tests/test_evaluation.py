@@ -447,3 +447,20 @@ def test_cli_on_saved_cgspn_models(processor, demo, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert list(result["per_category_iou"]) == ["background", "circle", "square", "triangle", "cross"]
     assert 0.0 <= result["mean_iou"] <= 1.0
+
+
+def test_one_data_layer_and_one_set_of_templates():
+    """Evaluation and training load without the demo; the demo's captions and zero-shot prompts are the same
+    templates as evaluation's default (defined once, in `cgspn.data`)."""
+    import subprocess
+    import sys
+
+    code = "import sys, cgspn.evaluation, cgspn.training, cgspn.conversion; print('cgspn.demo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    import cgspn.data
+    import cgspn.demo
+    import cgspn.evaluation
+
+    assert cgspn.demo.DEFAULT_TEMPLATES is cgspn.evaluation.DEFAULT_TEMPLATES is cgspn.data.DEFAULT_TEMPLATES
+    demo = cgspn.demo.make_shapes_dataset(num_train=4, num_validation=1, num_test=1, image_size=16)
+    assert demo.templates == list(cgspn.data.DEFAULT_TEMPLATES)
