@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data import image_processor_of, load_processor
 from ..modeling_cgspn import CGSPNModel, CGSPNVisionModel
 from ..taps import FeatureTaps
 from .common import ALL_LAYERS, Copy, TeacherSpec, build_model, freeze
@@ -75,7 +76,7 @@ def cgspn_teacher_spec(model: CGSPNModel | CGSPNVisionModel, processor=None, *, 
         tensors=tensors,
         image_features=image_features,
         text_features=text_features if dual else None,
-        image_processor=getattr(processor, "image_processor", processor),
+        image_processor=image_processor_of(processor),
         tokenizer=getattr(processor, "tokenizer", None),
         processor=processor if getattr(processor, "tokenizer", None) is not None else None,
         description=name or type(model).__name__,
@@ -93,7 +94,7 @@ def resolve_teacher(
         ValueError: a string that names no known source.
     """
     if isinstance(teacher, (CGSPNModel, CGSPNVisionModel)):
-        return cgspn_teacher_spec(teacher, processor)
+        return cgspn_teacher_spec(getattr(teacher, "vision_model", teacher) if vision_only else teacher, processor)
     if isinstance(teacher, nn.Module):
         module = type(teacher).__module__
         if module.startswith("open_clip"):
@@ -107,10 +108,8 @@ def resolve_teacher(
         raise NotImplementedError(f"teacher of class {type(teacher).__name__} from {module}")
     text = str(teacher)
     if is_cgspn_folder(text):
-        from ..data import load_processor
-
         folder = text.removeprefix(HF_PREFIX)
-        return cgspn_teacher_spec(load_cgspn_model(folder), load_processor(folder), name=folder)
+        return resolve_teacher(load_cgspn_model(folder), vision_only=vision_only, processor=load_processor(folder))
     if text.startswith(OPEN_CLIP_PREFIX):
         from .open_clip import open_clip_spec_from_name
 
@@ -126,13 +125,15 @@ def resolve_teacher(
 
 
 def load_cgspn_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> CGSPNModel | CGSPNVisionModel:
-    """A saved C-GSPN folder as a `CGSPNModel` (dual encoder) or `CGSPNVisionModel` (vision tower).
+    """A saved C-GSPN folder (optionally ``hf:``-prefixed) as a `CGSPNModel` (dual encoder) or `CGSPNVisionModel`
+    (vision tower).
 
     Raises:
         FileNotFoundError: ``path`` is not a saved C-GSPN folder.
     """
     if not is_cgspn_folder(path):
         raise FileNotFoundError(f"{path} is not a saved C-GSPN model folder (no config.json with a cgspn model_type)")
+    path = str(path).removeprefix(HF_PREFIX)
     model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
     model_class = CGSPNModel if model_type == CGSPNModel.config_class.model_type else CGSPNVisionModel
     return model_class.from_pretrained(str(path), **({"dtype": dtype} if dtype is not None else {}))
@@ -159,10 +160,7 @@ def load_teacher_and_processor(
     if isinstance(teacher, (CGSPNModel, CGSPNVisionModel)):
         model = teacher
     elif not isinstance(teacher, nn.Module) and is_cgspn_folder(teacher):
-        from ..data import load_processor
-
-        folder = str(teacher).removeprefix(HF_PREFIX)
-        model, processor = load_cgspn_model(folder, dtype), load_processor(folder)
+        model, processor = load_cgspn_model(teacher, dtype), load_processor(str(teacher).removeprefix(HF_PREFIX))
     else:
         spec = resolve_teacher(teacher, vision_only=vision_only)
         model = build_model(spec, attention_layers=ALL_LAYERS, keep_position_embeddings=True).model
