@@ -118,8 +118,9 @@ def test_exact_conversion_scores_like_the_teacher_in_the_pipeline(tmp_path, fami
     assert sorted(direct) == sorted(via_exact) and all(torch.equal(via_exact[k], v) for k, v in direct.items())
 
 
-def test_teacher_without_processor_needs_explicit_normalization(tmp_path, demo_data):
-    """A transformers teacher saved without a processor: training does not guess its normalization."""
+def test_teacher_without_processor_needs_explicit_normalization(tmp_path, demo_data, capsys):
+    """A transformers teacher saved without a processor: training does not guess its normalization, and the
+    export (image processor only) is refused by zero-shot evaluation with the reason."""
     model, _ = save_tiny_transformers_teacher(tmp_path / "with_processor", "clip")
     model.save_pretrained(tmp_path / "bare")
     argv = ["train", "stage1", "--teacher", f"hf:{tmp_path / 'bare'}", "--data", str(demo_data), *TRAIN_FLAGS]
@@ -128,3 +129,6 @@ def test_teacher_without_processor_needs_explicit_normalization(tmp_path, demo_d
     normalization = ["--image-mean", "0.5,0.5,0.5", "--image-std", "0.5,0.5,0.5"]
     assert main([*argv, *normalization, "--output-dir", str(tmp_path / "s1")]) == 0
     assert list(AutoImageProcessor.from_pretrained(tmp_path / "s1").image_std) == [0.5] * 3
+    capsys.readouterr()
+    assert main(["eval", "zero-shot", "--model", str(tmp_path / "s1"), "--data", str(demo_data)]) == 2
+    assert "ships no tokenizer" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data import DEFAULT_TEMPLATES, load_image_dataset, load_processor, read_dataset_metadata
+from ..data import DEFAULT_TEMPLATES, image_processor_of, load_image_dataset, load_processor, read_dataset_metadata
 
 
 def _read_list(value: str | None) -> list[str] | None:
@@ -84,14 +84,15 @@ def _device(name: str | None):
 
 
 def _load_processor(model_path: str, trust_remote_code: bool):
-    """The model folder's processor; zero-shot needs both its image processor and its tokenizer."""
+    """The model folder's processor (`cgspn.data.load_processor`); zero-shot needs its image processor and tokenizer."""
     processor = load_processor(model_path, trust_remote_code=trust_remote_code)
-    for attribute in ("image_processor", "tokenizer"):
-        if getattr(processor, attribute, None) is None:
-            raise ValueError(
-                f"{model_path} ships no {attribute.replace('_', ' ')} (AutoProcessor found none): zero-shot "
-                "evaluation needs the folder's processor (image processor + tokenizer) saved with the model"
-            )
+    missing = ["image processor"] if image_processor_of(processor) is None else []
+    missing += ["tokenizer"] if getattr(processor, "tokenizer", None) is None else []
+    if missing:
+        raise ValueError(
+            f"{model_path} ships no {' and no '.join(missing)}: zero-shot evaluation needs a dual encoder saved with "
+            "its processor (image processor + tokenizer)"
+        )
     return processor
 
 
