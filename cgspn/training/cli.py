@@ -194,7 +194,9 @@ def run(namespace: argparse.Namespace) -> int:
     teacher, processor = load_teacher_and_processor(namespace.teacher) if namespace.teacher else (None, None)
     if namespace.student is not None:
         student = load_cgspn_model(namespace.student)
-        processor = load_processor(namespace.student) or processor
+        processor = processor or load_processor(
+            namespace.student
+        )  # the teacher's preprocessing first: it sees the data
     elif teacher is not None:
         student = student_from_teacher(teacher)  # what `cgspn convert` with defaults builds
     else:
