@@ -30,6 +30,7 @@ import torch
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
+    from transformers import ProcessorMixin
     from transformers.image_processing_utils import BaseImageProcessor
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def require_columns(dataset: Dataset | IterableDataset, columns: Sequence[str]) 
 
 
 def build_image_processor(
-    teacher=None,
+    teacher: str | os.PathLike | BaseImageProcessor | ProcessorMixin | None = None,
     image_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -168,7 +169,7 @@ def build_image_processor(
 
     from .processors import image_processor_of, load_processor
 
-    if teacher is not None and isinstance(teacher, (str, os.PathLike)):
+    if isinstance(teacher, (str, os.PathLike)):
         teacher = load_processor(teacher)
     image_processor = image_processor_of(teacher)
     if image_processor is not None:

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING
 from .images import processor_size_kwargs
 
 if TYPE_CHECKING:
+    from transformers import ProcessorMixin
     from transformers.image_processing_utils import BaseImageProcessor
 
 logger = logging.getLogger(__name__)
 
 
-def load_processor(folder: str | os.PathLike, trust_remote_code: bool = False):
+def load_processor(
+    folder: str | os.PathLike, trust_remote_code: bool = False
+) -> ProcessorMixin | BaseImageProcessor | None:
     """A model folder's processor as transformers saved it: ``AutoProcessor`` (image processor + tokenizer, from
     ``processor_config.json`` or the separate files), else ``AutoImageProcessor`` alone, else ``None``."""
     from transformers import AutoImageProcessor, AutoProcessor
@@ -31,7 +34,7 @@ def load_processor(folder: str | os.PathLike, trust_remote_code: bool = False):
     return None
 
 
-def image_processor_of(processor) -> BaseImageProcessor | None:
+def image_processor_of(processor: ProcessorMixin | BaseImageProcessor | None) -> BaseImageProcessor | None:
     """The image processor of a processor (``processor.image_processor``), or the processor itself if it is one."""
     if processor is None:
         return None
@@ -41,7 +44,11 @@ def image_processor_of(processor) -> BaseImageProcessor | None:
     return processor if hasattr(processor, "preprocess") else None
 
 
-def resized_processor(processor, image_size: int | None, image_processor: BaseImageProcessor | None = None):
+def resized_processor(
+    processor: ProcessorMixin | BaseImageProcessor | None,
+    image_size: int | None,
+    image_processor: BaseImageProcessor | None = None,
+) -> ProcessorMixin | BaseImageProcessor | None:
     """A copy of ``processor`` (a full processor or an image processor) whose image processor outputs square
     ``image_size`` images: what a model trained on those pixels ships. ``image_processor`` (e.g. the training one,
     with its normalization) replaces the processor's own; ``None`` in, ``None`` out."""
