@@ -69,7 +69,7 @@ class SyntheticImages(Dataset):
 def build_models(shape: dict, seed: int = 0):
     """A random all-attention teacher (position embeddings, MAP head) and its propagation student."""
     from cgspn import CGSPNVisionConfig, CGSPNVisionModel
-    from cgspn.training import student_from_teacher
+    from cgspn.conversion import student_from_teacher
 
     torch.manual_seed(seed)
     config = CGSPNVisionConfig(

@@ -37,18 +37,20 @@ from cgspn import CGSPNModel, CGSPNVisionModel  # noqa: E402
 from cgspn.conversion import (  # noqa: E402
     build_model,
     load_teacher,
-    main,
     parse_attention_layers,
     resolve_teacher,
+    student_from_teacher,
     teacher_taps,
     value_output_factors,
 )
 from cgspn.conversion import open_clip as oc_conversion  # noqa: E402
+from cgspn.conversion.cli import main  # noqa: E402
 from cgspn.conversion.init import LAMBDA, NUM_DIRECTIONS, NUM_FIELDS, WT_NEXT, WT_PREV, WT_SELF, U  # noqa: E402
 from cgspn.conversion.open_clip import image_processor_from_open_clip, open_clip_teacher_spec  # noqa: E402
 from cgspn.conversion.teacher import parse_open_clip_spec  # noqa: E402
 from cgspn.conversion.transformers import transformers_teacher_spec  # noqa: E402
 from cgspn.tokenization import clip_image_processor  # noqa: E402
+from tests.helpers import save_tiny_transformers_teacher  # noqa: E402
 
 CLIP_VOCAB = 49408
 WIDTH, HEADS, DEPTH, IMAGE, PATCH, CONTEXT = 32, 2, 3, 32, 8, 16
@@ -454,6 +456,17 @@ def test_default_student_svd_init(teachers):
     assert features.shape == (2, WIDTH) and torch.isfinite(features).all() and torch.isfinite(other).all()
 
 
+def test_student_from_a_loaded_teacher_is_the_converted_student(teachers):
+    """One builder: a student built from the loaded exact teacher equals the one converted from the source."""
+    spec = transformers_teacher_spec(teachers["hf_clip"])
+    direct = build_model(spec, attention_layers=[1], propagation_channels=3).model.state_dict()
+    exact = build_model(spec, attention_layers="all", keep_position_embeddings=True).model
+    via_teacher = student_from_teacher(exact, [1], propagation_channels=3).state_dict()
+    assert sorted(via_teacher) == sorted(direct)
+    for key, value in direct.items():
+        assert torch.equal(via_teacher[key], value), key
+
+
 def test_propagation_init_passes_constant_inputs():
     """The documented heads init makes the merged scans return a spatially constant input unchanged."""
     from cgspn.conversion.init import propagation_heads_init
@@ -515,6 +528,36 @@ def test_cli_hf_folder(tmp_path, capsys):
     model = AutoModel.from_pretrained(tmp_path / "student")
     assert model.config.vision_config.propagation_channels == 3
     assert list(AutoImageProcessor.from_pretrained(tmp_path / "student").image_std) == [0.25] * 3
+
+
+@pytest.mark.parametrize("family", ["siglip", "clip"])
+def test_cli_transformers_folder_with_masking_tokenizer(tmp_path, capsys, family):
+    """A transformers teacher saved with a tokenizer that returns attention masks: the text parity check gives the
+    saved tokenizer's ids and mask to both towers (it gave the mask to the student only: SigLIP failed with 1.42)."""
+    save_tiny_transformers_teacher(tmp_path / "teacher", family)
+    _randomize(AutoModel.from_pretrained(tmp_path / "teacher")).save_pretrained(tmp_path / "teacher")
+    assert main(["--teacher", f"hf:{tmp_path / 'teacher'}", "--out", str(tmp_path / "student")]) == 0
+    log = capsys.readouterr().out
+    assert "[ok  ] text embedding parity (saved model)" in log and "FAIL" not in log
+
+
+def test_cli_refuses_non_empty_output(tmp_path, capsys):
+    """``--out`` never overwrites a trained model (and its checkpoints/) silently; ``--overwrite`` replaces it."""
+    out = tmp_path / "student"
+    argv = ["--teacher", f"open_clip:{TINY_VIT}", "--out", str(out)]
+    assert main(argv) == 0
+    (out / "checkpoints" / "checkpoint_0").mkdir(parents=True)
+    weights = (out / "model.safetensors").read_bytes()
+    assert main([*argv, "--propagation-channels", "2"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == weights and (out / "checkpoints").is_dir()
+    assert main([*argv, "--propagation-channels", "2", "--overwrite"]) == 0
+    assert not (out / "checkpoints").exists()
+    assert AutoModel.from_pretrained(out).config.vision_config.propagation_channels == 2
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    assert main(["--teacher", f"open_clip:{TINY_VIT}", "--out", str(data), "--overwrite"]) == 2
+    assert "no config.json" in capsys.readouterr().err and (data / "images").is_dir()
 
 
 def test_cli_fails_on_preprocessing_mismatch(tmp_path, monkeypatch, capsys):

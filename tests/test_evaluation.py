@@ -22,8 +22,9 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SemanticSegmenterOutput
 
+from cgspn.data import load_image_dataset
 from cgspn.demo import make_shapes_dataset
-from cgspn.evaluation import evaluate_segmentation, evaluate_zero_shot, load_eval_dataset, load_metric
+from cgspn.evaluation import evaluate_segmentation, evaluate_zero_shot, load_metric
 from cgspn.evaluation.cli import main
 from cgspn.evaluation.metrics import metric_path
 from cgspn.evaluation.segmentation import find_mask_column
@@ -315,7 +316,7 @@ def test_segmentation_on_an_ade20k_style_image_folder(tmp_path):
         example["annotation"].save(folder / f"ann_{index}.png")
         rows.append(json.dumps({"file_name": f"img_{index}.png", "annotation_file_name": f"ann_{index}.png"}))
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    dataset = load_eval_dataset(tmp_path / "ade", "validation")
+    dataset = load_image_dataset(tmp_path / "ade", "validation")
     assert len(dataset) == 4 and find_mask_column(dataset) == "annotation"
     processor = SegformerImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     result = evaluate_segmentation(RedDetector(), processor, dataset, progress=False)
@@ -335,16 +336,16 @@ def test_segmentation_on_tiny_segformer_with_crop_processor(tiny_segformer, proc
 # ------------------------------------------------------------------------------------------------- data loading / CLI
 
 
-def test_load_eval_dataset_from_folders_and_files(demo, tmp_path):
+def test_load_image_dataset_from_folders_and_files(demo, tmp_path):
     demo.save_to_disk(tmp_path / "saved")
-    assert len(load_eval_dataset(tmp_path / "saved", "validation")) == 4
+    assert len(load_image_dataset(tmp_path / "saved", "validation")) == 4
     with pytest.raises(ValueError, match="available"):
-        load_eval_dataset(tmp_path / "saved", "dev")
+        load_image_dataset(tmp_path / "saved", "dev")
     demo.dataset["test"].to_parquet(str(tmp_path / "test.parquet"))
-    from_parquet = load_eval_dataset(tmp_path / "test.parquet", "test")
+    from_parquet = load_image_dataset(tmp_path / "test.parquet", "test")
     assert np.array_equal(np.asarray(from_parquet[3]["image"]), np.asarray(demo.dataset["test"][3]["image"]))
     with pytest.raises(FileNotFoundError):
-        load_eval_dataset(tmp_path / "nothing" / "here", "test")
+        load_image_dataset(tmp_path / "nothing" / "here", "test")
 
 
 def _imagenet_style_folder(demo, root):
@@ -446,3 +447,20 @@ def test_cli_on_saved_cgspn_models(processor, demo, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert list(result["per_category_iou"]) == ["background", "circle", "square", "triangle", "cross"]
     assert 0.0 <= result["mean_iou"] <= 1.0
+
+
+def test_one_data_layer_and_one_set_of_templates():
+    """Evaluation and training load without the demo; the demo's captions and zero-shot prompts are the same
+    templates as evaluation's default (defined once, in `cgspn.data`)."""
+    import subprocess
+    import sys
+
+    code = "import sys, cgspn.evaluation, cgspn.training, cgspn.conversion; print('cgspn.demo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    import cgspn.data
+    import cgspn.demo
+    import cgspn.evaluation
+
+    assert cgspn.demo.DEFAULT_TEMPLATES is cgspn.evaluation.DEFAULT_TEMPLATES is cgspn.data.DEFAULT_TEMPLATES
+    demo = cgspn.demo.make_shapes_dataset(num_train=4, num_validation=1, num_test=1, image_size=16)
+    assert demo.templates == list(cgspn.data.DEFAULT_TEMPLATES)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cgspn.data import build_image_processor
 from cgspn.training.cli import main, parse_args, training_arguments
-from cgspn.training.data import build_image_processor
 from tests.test_training_utils import saved_dataset, single_thread, tiny_pair
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
@@ -130,6 +130,6 @@ def test_curriculum_command_with_teacher(folders, tmp_path):
 
 def test_missing_image_processor_needs_explicit_normalization(folders, tmp_path):
     flags = _flags(folders, tmp_path / "out", 4, "stage1")
-    flags[flags.index("--teacher") + 1] = str(folders / "student")  # a folder without preprocessor_config.json
+    flags[flags.index("--teacher") + 1] = str(folders / "student")  # a folder without any processor
     with pytest.raises(SystemExit, match="--image-mean and --image-std"):
         main(flags)

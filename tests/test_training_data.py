@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 
-from cgspn.training.data import (
+from cgspn.data import (
     build_image_processor,
     collate_pixel_values,
     find_image_column,
@@ -128,3 +128,23 @@ def test_teacher_processor_is_used_and_resized(tmp_path):
     assert item["pixel_values"].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="image size"):
         build_image_processor(None)
+
+
+def test_processor_saved_as_processor_config_is_loaded_and_resized(tmp_path):
+    """transformers 5 saves a processor as ``processor_config.json``; it is read with transformers' own loading."""
+    from cgspn.data import load_processor, resized_processor
+    from cgspn.tokenization import build_processor, small_clip_tokenizer
+
+    tokenizer = small_clip_tokenizer(["a red circle", "a blue square"], vocab_size=600)
+    build_processor(tokenizer, image_size=24, mean=(0.5,) * 3, std=(0.5,) * 3).save_pretrained(tmp_path)
+    assert (tmp_path / "processor_config.json").is_file() and not (tmp_path / "preprocessor_config.json").exists()
+    processor = load_processor(tmp_path)
+    assert processor.tokenizer is not None
+    image_processor = build_image_processor(tmp_path, mean=[0.25] * 3)  # no --image-size needed
+    assert list(image_processor.image_mean) == [0.25] * 3 and list(processor.image_processor.image_mean) == [0.5] * 3
+    resized = resized_processor(processor, 40, image_processor)
+    assert resized.tokenizer is processor.tokenizer and list(resized.image_processor.image_mean) == [0.25] * 3
+    image = random_images(1, size=60)[0]
+    assert resized(images=image, return_tensors="pt")["pixel_values"].shape == (1, 3, 40, 40)
+    assert processor(images=image, return_tensors="pt")["pixel_values"].shape == (1, 3, 24, 24)  # left unchanged
+    assert load_processor(tmp_path / "nothing") is None

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cgspn.data import build_image_processor, prepare_dataset
 from cgspn.training import TrainingArguments, distill_stage1, distill_stage2, latest_checkpoint
-from cgspn.training.data import build_image_processor, prepare_dataset
 from tests.test_training_utils import image_dataset, single_thread, tiny_pair
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)

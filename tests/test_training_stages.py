@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from cgspn import CGSPNVisionModel
+from cgspn.data import build_image_processor, prepare_dataset
 from cgspn.training import TrainingArguments, distill_curriculum, distill_stage1, distill_stage2
-from cgspn.training.data import build_image_processor, prepare_dataset
 from tests.test_training_utils import image_dataset, single_thread, tiny_pair
 
 STEPS = 24
@@ -152,7 +152,7 @@ def test_dual_encoder_student_bf16_keeps_its_text_tower(tmp_path, raw_images):
     text.update(num_attention_heads=4, vocab_size=64, max_position_embeddings=16, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     teacher = CGSPNModel(CGSPNConfig(vision_config=vision, text_config=text))
-    from cgspn.training import student_from_teacher
+    from cgspn.conversion import student_from_teacher
 
     student = student_from_teacher(teacher)
     assert student.config.vision_config.propagation_layer_indices == [0, 1]

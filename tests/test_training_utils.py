@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cgspn import CGSPNVisionConfig, CGSPNVisionModel
-from cgspn.training.stages import student_from_teacher
+from cgspn.conversion import student_from_teacher
 
 IMAGE_SIZE = 32
 

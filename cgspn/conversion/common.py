@@ -83,19 +83,22 @@ class TeacherSpec:
         copies: the explicit key map; every parameter of the exact model must be a target.
         tensors: the teacher's tensors by source name.
         image_features: teacher image embedding (projected, unnormalized) of pixel values.
-        text_features: teacher text embedding of token ids, or ``None`` for vision-only teachers.
+        text_features: teacher text embedding of token ids and attention mask (``None`` when the tokenizer returns
+            none), used as the teacher's own library uses them; ``None`` for vision-only teachers.
         preprocess: the teacher's own image preprocessing (PIL image -> (3, H, W) tensor), when known.
         tokenize: the teacher's own tokenizer (texts -> (B, L) ids), when known.
         image_processor / tokenizer / processor: what the converted folder ships (`processor` wins when set).
         description: human-readable teacher name for reports and the model card.
         notes: conversion notes (e.g. a tokenizer that could not be built offline).
+        image_processor_is_default: the teacher shipped no image processor, so ``image_processor`` is its family's
+            standard one (a guess of the normalization, which training does not make on its own).
     """
 
     config: CGSPNConfig | CGSPNVisionConfig
     copies: list[Copy]
     tensors: dict[str, torch.Tensor]
     image_features: Callable[[torch.Tensor], torch.Tensor]
-    text_features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    text_features: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     preprocess: Callable[[object], torch.Tensor] | None = None
     tokenize: Callable[[list[str]], torch.Tensor] | None = None
     image_processor: object | None = None
@@ -103,6 +106,7 @@ class TeacherSpec:
     processor: object | None = None
     description: str = "teacher"
     notes: list[str] = field(default_factory=list)
+    image_processor_is_default: bool = False
 
     @property
     def vision_config(self) -> CGSPNVisionConfig:
@@ -111,6 +115,17 @@ class TeacherSpec:
     @property
     def is_dual(self) -> bool:
         return isinstance(self.config, CGSPNConfig)
+
+    def processor_to_ship(self):
+        """What a folder built from this teacher ships: the teacher's processor, else a `CLIPProcessor` of its image
+        processor and tokenizer, else the image processor alone (no tokenizer), else ``None``."""
+        if self.processor is not None:
+            return self.processor
+        if self.tokenizer is not None:
+            from transformers import CLIPProcessor
+
+            return CLIPProcessor(image_processor=self.image_processor, tokenizer=self.tokenizer)
+        return self.image_processor
 
     def __post_init__(self) -> None:
         vision = self.vision_config

@@ -539,7 +539,13 @@ def open_clip_teacher_spec(
     if text_config is not None:
         bidirectional = text_config["model_type"] == "siglip_text_model"
         context_length = text_config["max_position_embeddings"]
-        spec.text_features = model.encode_text
+
+        def text_features(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+            """open_clip encodes token ids alone: the tokenizer shipped for a bidirectional tower returns no mask,
+            and a causal tower's pooled token never sees the padding that a mask would hide."""
+            return model.encode_text(input_ids)
+
+        spec.text_features = text_features
         spec.tokenize = _open_clip_tokenizer(name, context_length, text_config["vocab_size"])
         spec.tokenizer = tokenizer or _default_tokenizer(name, context_length, text_config["vocab_size"], bidirectional)
         if spec.tokenizer is None:

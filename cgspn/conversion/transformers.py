@@ -8,7 +8,6 @@ Other classes (SigLIP2 NaFlex, CLIP with projection-only vision models, ...) rai
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -16,10 +15,9 @@ import torch
 from torch import nn
 
 from ..configuration_cgspn import CGSPNConfig, CGSPNVisionConfig
+from ..data import image_processor_of
 from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor
 from .common import Copy, TeacherSpec, linear
-
-logger = logging.getLogger(__name__)
 
 SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)
 _SUPPORTED = ("SiglipModel", "CLIPModel", "SiglipVisionModel", "CLIPVisionModel")
@@ -122,12 +120,11 @@ def transformers_teacher_spec(model: nn.Module, processor=None, *, name: str | N
     target = "vision_model." if dual else ""
     vision, copies = _vision_tower(family, vision_config, target, target)
 
-    image_processor = getattr(processor, "image_processor", None) or (
-        processor if processor is not None and hasattr(processor, "preprocess") else None
-    )
+    image_processor = image_processor_of(processor)
     tokenizer = getattr(processor, "tokenizer", None)
     notes: list[str] = []
-    if image_processor is None:
+    default_preprocessing = image_processor is None
+    if default_preprocessing:
         image_processor = default_image_processor(family, vision_config.image_size)
         notes.append("the teacher had no image processor: built the family's standard one")
 
@@ -162,8 +159,8 @@ def transformers_teacher_spec(model: nn.Module, processor=None, *, name: str | N
         def image_features(pixel_values: torch.Tensor) -> torch.Tensor:
             return _pooled(model.get_image_features(pixel_values=pixel_values))
 
-        def text_features(input_ids: torch.Tensor) -> torch.Tensor:
-            return _pooled(model.get_text_features(input_ids=input_ids))
+        def text_features(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+            return _pooled(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
     else:
         config = CGSPNVisionConfig(**vision)
@@ -188,6 +185,7 @@ def transformers_teacher_spec(model: nn.Module, processor=None, *, name: str | N
         processor=processor if getattr(processor, "tokenizer", None) is not None else None,
         description=f"hf:{name}" if name else type(model).__name__,
         notes=notes,
+        image_processor_is_default=default_preprocessing,
     )
     return spec
 
@@ -198,18 +196,13 @@ def _pooled(output) -> torch.Tensor:
 
 
 def load_transformers(repo_or_folder: str | os.PathLike, **kwargs):
-    """``AutoModel.from_pretrained`` (the library's own loading) -> (model in eval mode, processor or ``None``)."""
-    from transformers import AutoImageProcessor, AutoModel, AutoProcessor
+    """``AutoModel.from_pretrained`` (the library's own loading) -> (model in eval mode, processor or ``None``, as
+    `cgspn.data.load_processor` finds it)."""
+    from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(repo_or_folder, **kwargs).eval()
-    processor = None
-    for loader in (AutoProcessor, AutoImageProcessor):
-        try:
-            processor = loader.from_pretrained(repo_or_folder)
-            break
-        except Exception as error:  # folders saved without a processor
-            logger.info("%s.from_pretrained(%s) failed: %s", loader.__name__, repo_or_folder, error)
-    return model, processor
+    from ..data import load_processor
+
+    return AutoModel.from_pretrained(repo_or_folder, **kwargs).eval(), load_processor(repo_or_folder)
 
 
 def transformers_spec_from_pretrained(repo_or_folder: str | os.PathLike) -> TeacherSpec:

@@ -1,9 +1,9 @@
 """Offline demo: a procedural image–caption–mask dataset (see `cgspn.demo.data`)."""
 
+from ..data import DEFAULT_TEMPLATES
 from .data import (
     DEFAULT_COLOURS,
     DEFAULT_SHAPES,
-    DEFAULT_TEMPLATES,
     IGNORE_INDEX,
     DemoData,
     class_names_for,

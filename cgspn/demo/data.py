@@ -7,7 +7,7 @@ position, size and rotation on a random low-saturation texture, with pixel noise
 * ``mask``: a single-channel ``datasets.Image`` with 0 = background and ``1..S`` = the shape category
   (255 is never produced, so it stays free as the ignore index),
 * ``label``: a ``ClassLabel`` over the colour × shape classes,
-* ``caption``: a prompt template filled with the class name,
+* ``caption``: a prompt template (`cgspn.data.DEFAULT_TEMPLATES`, the zero-shot prompts) filled with the class name,
 * ``shape`` and ``colour``: ``ClassLabel`` factors of the class.
 
 The generator is deterministic: example ``i`` of a split depends only on ``(seed, split, i)`` and the options.
@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -33,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..data import DEFAULT_TEMPLATES, METADATA_FILE, check_templates, read_dataset_metadata, save_dataset_metadata
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -51,17 +52,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star", "ring", "diamond", "hexagon")
 DEFAULT_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 DEFAULT_COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image of a {}.",
-    "a rendering of a {}.",
-    "a {} on a textured background.",
-    "a drawing of a {}.",
-)
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 IGNORE_INDEX = 255
-METADATA_FILE = "cgspn_demo.json"
 
 
 @dataclass
@@ -81,16 +73,16 @@ class DemoData:
     segmentation_labels: dict[int, str] = field(default_factory=dict)
 
     def save_to_disk(self, path: str | os.PathLike) -> Path:
-        """Save the splits with `datasets.DatasetDict.save_to_disk` plus a small metadata JSON next to them."""
+        """Save the splits with `datasets.DatasetDict.save_to_disk` plus the metadata (`cgspn.data`) next to them."""
         path = Path(path)
         self.dataset.save_to_disk(str(path))
-        meta = {
-            "class_names": self.class_names,
-            "templates": self.templates,
-            "segmentation_labels": {str(k): v for k, v in self.segmentation_labels.items()},
-            "ignore_index": IGNORE_INDEX,
-        }
-        (path / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        save_dataset_metadata(
+            path,
+            class_names=self.class_names,
+            templates=self.templates,
+            segmentation_labels={str(k): v for k, v in self.segmentation_labels.items()},
+            ignore_index=IGNORE_INDEX,
+        )
         return path
 
 
@@ -98,11 +90,9 @@ def load_demo_data(path: str | os.PathLike) -> DemoData:
     """Load a dataset written by `DemoData.save_to_disk` (offline, from local files only)."""
     from datasets import load_from_disk
 
-    path = Path(path)
-    meta_file = path / METADATA_FILE
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{meta_file} not found: {path} was not written by DemoData.save_to_disk")
-    meta = json.loads(meta_file.read_text())
+    meta = read_dataset_metadata(path)
+    if meta is None:
+        raise FileNotFoundError(f"{path} has no {METADATA_FILE}: it was not written by DemoData.save_to_disk")
     return DemoData(
         dataset=load_from_disk(str(path)),
         class_names=list(meta["class_names"]),
@@ -317,8 +307,7 @@ def make_shapes_dataset(
     unknown = [c for c in colours if c not in COLOURS]
     if unknown:
         raise ValueError(f"unknown colours {unknown}; available: {', '.join(COLOURS)}")
-    if not templates or any(t.count("{}") != 1 for t in templates):
-        raise ValueError("templates must be a non-empty list of strings with exactly one '{}' placeholder each")
+    check_templates(templates)
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
     if any(n < 0 for n in counts.values()):
         raise ValueError(f"split sizes must be >= 0, got {counts}")
@@ -337,7 +326,6 @@ __all__ = [
     "COLOURS",
     "DEFAULT_COLOURS",
     "DEFAULT_SHAPES",
-    "DEFAULT_TEMPLATES",
     "IGNORE_INDEX",
     "SHAPES",
     "DemoData",

@@ -18,8 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import demo_metadata, load_eval_dataset
-from .zero_shot import DEFAULT_TEMPLATES
+from ..data import DEFAULT_TEMPLATES, image_processor_of, load_image_dataset, load_processor, read_dataset_metadata
 
 
 def _read_list(value: str | None) -> list[str] | None:
@@ -85,17 +84,16 @@ def _device(name: str | None):
 
 
 def _load_processor(model_path: str, trust_remote_code: bool):
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-
-    try:
-        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        processor = None
-    if getattr(processor, "tokenizer", None) is not None and getattr(processor, "image_processor", None) is not None:
-        return processor
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    image_processor = AutoImageProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    return argparse.Namespace(tokenizer=tokenizer, image_processor=image_processor)
+    """The model folder's processor (`cgspn.data.load_processor`); zero-shot needs its image processor and tokenizer."""
+    processor = load_processor(model_path, trust_remote_code=trust_remote_code)
+    missing = ["image processor"] if image_processor_of(processor) is None else []
+    missing += ["tokenizer"] if getattr(processor, "tokenizer", None) is None else []
+    if missing:
+        raise ValueError(
+            f"{model_path} ships no {' and no '.join(missing)}: zero-shot evaluation needs a dual encoder saved with "
+            "its processor (image processor + tokenizer)"
+        )
+    return processor
 
 
 def _check_model(model: str) -> None:
@@ -116,10 +114,10 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
     from .zero_shot import evaluate_zero_shot
 
     _check_model(args.model)
-    metadata = demo_metadata(args.data) or {}
+    metadata = read_dataset_metadata(args.data) or {}
     class_names = _read_list(args.class_names) or metadata.get("class_names")
     templates = args.templates or _read_list(args.templates_file) or metadata.get("templates") or DEFAULT_TEMPLATES
-    dataset = load_eval_dataset(args.data, args.split, args.data_config, args.streaming)
+    dataset = load_image_dataset(args.data, args.split, args.data_config, args.streaming)
     device = _device(args.device)
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(device).eval()
     processor = _load_processor(args.model, args.trust_remote_code)
@@ -149,7 +147,7 @@ def run_segmentation(args: argparse.Namespace) -> dict:
     from .segmentation import evaluate_segmentation
 
     _check_model(args.model)
-    dataset = load_eval_dataset(args.data, args.split, args.data_config, args.streaming)
+    dataset = load_image_dataset(args.data, args.split, args.data_config, args.streaming)
     device = _device(args.device)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     model = model.to(device).eval()

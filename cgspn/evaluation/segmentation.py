@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import require_columns
+from ..data import pixel_values, require_columns
 from .metrics import load_metric
 from .zero_shot import model_device_dtype
 
@@ -51,14 +51,13 @@ def _mask_array(mask) -> np.ndarray:
 
 
 def _pixel_values(image_processor, images, device, dtype) -> torch.Tensor:
-    images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
     kwargs = {}
     # A center crop would cut away part of the image and misalign the upsampled logits with the mask: squash the
     # whole image to the crop size instead (CLIP-style processors).
     if getattr(image_processor, "do_center_crop", False) and getattr(image_processor, "crop_size", None):
         crop = image_processor.crop_size
         kwargs = {"do_center_crop": False, "size": {"height": crop["height"], "width": crop["width"]}}
-    return image_processor(images=images, return_tensors="pt", **kwargs)["pixel_values"].to(device=device, dtype=dtype)
+    return pixel_values(image_processor, images, **kwargs).to(device=device, dtype=dtype)
 
 
 @torch.no_grad()

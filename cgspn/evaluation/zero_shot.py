@@ -18,19 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import require_columns
+from ..data import DEFAULT_TEMPLATES, check_templates, pixel_values, require_columns
 from .metrics import load_metric
-
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a bad photo of a {}.",
-    "a photo of the large {}.",
-    "a photo of the small {}.",
-    "a cropped photo of a {}.",
-    "a rendering of a {}.",
-    "art of the {}.",
-    "a close-up photo of a {}.",
-)
 
 
 def as_embeddings(output) -> torch.Tensor:
@@ -67,17 +56,6 @@ def _text_padding(model) -> dict:
     return {"padding": True}
 
 
-def check_templates(templates: Sequence[str]) -> list[str]:
-    """Validate prompt templates: non-empty, each with exactly one ``{}`` placeholder."""
-    templates = list(templates)
-    if not templates:
-        raise ValueError("at least one prompt template is needed")
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise ValueError(f"each template needs exactly one '{{}}' placeholder; got {bad}")
-    return templates
-
-
 @torch.no_grad()
 def zero_shot_classifier(
     model,
@@ -109,9 +87,8 @@ def zero_shot_classifier(
 def encode_images(model, image_processor, images, device=None) -> torch.Tensor:
     """Normalized image embeddings ``(B, D)`` for a list of PIL images."""
     device, dtype = model_device_dtype(model, device)
-    images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
-    pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
-    return F.normalize(as_embeddings(model.get_image_features(pixel_values=pixel_values)).float(), dim=-1)
+    pixels = pixel_values(image_processor, images).to(device=device, dtype=dtype)
+    return F.normalize(as_embeddings(model.get_image_features(pixel_values=pixels)).float(), dim=-1)
 
 
 @torch.no_grad()
@@ -204,9 +181,7 @@ def _num_examples(dataset) -> int | None:
 
 
 __all__ = [
-    "DEFAULT_TEMPLATES",
     "as_embeddings",
-    "check_templates",
     "encode_images",
     "evaluate_zero_shot",
     "model_device_dtype",

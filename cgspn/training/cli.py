@@ -56,7 +56,9 @@ def _add_common(parser: argparse.ArgumentParser, stage: str) -> None:
         help="saved C-GSPN folder or any cgspn.conversion teacher spec (open_clip:NAME[:TAG], hf:REPO, folder)"
         + ("; curriculum: optional, trains the first resolution against it" if stage == "curriculum" else ""),
     )
-    models.add_argument("--student", help="saved C-GSPN student folder (default: derived from the teacher)")
+    models.add_argument(
+        "--student", help="saved C-GSPN student folder (default: built from the teacher as `cgspn convert` does)"
+    )
     models.add_argument("--data", required=True, help="image folder, saved dataset, parquet/arrow/tar files, hub id")
     models.add_argument("--output-dir", required=True)
     models.add_argument("--split", default="train")
@@ -194,25 +196,24 @@ def training_arguments(namespace: argparse.Namespace) -> TrainingArguments:
     return TrainingArguments(**values)
 
 
-def processor_folder(*candidates: str | None) -> str | None:
-    """The first of the folders (teacher, student) that ships an image processor (``preprocessor_config.json``)."""
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "preprocessor_config.json").is_file():
-            return candidate
-    return None
-
-
 def run(namespace: argparse.Namespace) -> int:
     """Load models and data as the namespace says and run its stage."""
+    from ..conversion import load_cgspn_model, load_teacher_and_processor, student_from_teacher
+    from ..data import build_image_processor, load_image_dataset, load_processor, prepare_dataset, resized_processor
     from . import recipes
-    from .data import build_image_processor, load_image_dataset, prepare_dataset
 
     args = training_arguments(namespace)
     args.validate()
-    teacher = recipes.load_teacher_model(namespace.teacher) if namespace.teacher else None
-    if namespace.student is None and teacher is None:
+    teacher, processor = load_teacher_and_processor(namespace.teacher) if namespace.teacher else (None, None)
+    if namespace.student is not None:
+        student = load_cgspn_model(namespace.student)
+        processor = processor or load_processor(
+            namespace.student
+        )  # the teacher's preprocessing first: it sees the data
+    elif teacher is not None:
+        student = student_from_teacher(teacher)  # what `cgspn convert` with defaults builds
+    else:
         raise SystemExit("cgspn-train curriculum: give --student (or --teacher to derive one)")
-    student = recipes.load_student_model(namespace.student, teacher)
     student_tower = recipes.vision_tower(student)
     patch = student_tower.config.patch_size
     base_size = namespace.image_size or student_tower.config.image_size
@@ -222,23 +223,36 @@ def run(namespace: argparse.Namespace) -> int:
             f"Image size {base_size} is not a multiple of the patch size {patch}; using {base_size - base_size % patch}"
         )
         base_size -= base_size % patch
-    processor_source = processor_folder(namespace.teacher, namespace.student)
-    if processor_source is None and (namespace.image_mean is None or namespace.image_std is None):
+    if processor is None and (namespace.image_mean is None or namespace.image_std is None):
         raise SystemExit(
-            "No image processor (preprocessor_config.json) in the --teacher or --student folder: pass the teacher's "
-            "normalization with --image-mean and --image-std (e.g. SigLIP 0.5,0.5,0.5; OpenAI CLIP "
-            "0.4815,0.4578,0.4082 / 0.2686,0.2613,0.2758), or a --student folder written by `cgspn convert`"
+            "No image processor in the --student or --teacher (transformers' AutoProcessor/AutoImageProcessor found "
+            "none): pass the teacher's normalization with --image-mean and --image-std (e.g. SigLIP 0.5,0.5,0.5; "
+            "OpenAI CLIP 0.4815,0.4578,0.4082 / 0.2686,0.2613,0.2758), or a --student folder written by `cgspn convert`"
         )
     raw = load_image_dataset(namespace.data, namespace.split, namespace.streaming, namespace.dataset_config_name)
 
-    def dataset_at(size: int):
-        processor = build_image_processor(processor_source, size, namespace.image_mean, namespace.image_std)
-        return prepare_dataset(raw, processor, size, namespace.image_column, args.seed, namespace.shuffle_buffer)
+    def image_processor_at(size: int):
+        return build_image_processor(processor, size, namespace.image_mean, namespace.image_std)
 
+    def dataset_at(size: int):
+        return prepare_dataset(
+            raw, image_processor_at(size), size, namespace.image_column, args.seed, namespace.shuffle_buffer
+        )
+
+    # the export ships the processor the student was trained with (a complete, directly usable model folder)
+    export_processor = resized_processor(processor, base_size, image_processor_at(base_size))
+    if getattr(export_processor, "tokenizer", None) is None and hasattr(student, "text_model"):
+        print("note: no tokenizer in the --student or --teacher: the export ships the image processor only")
     card_info = {"teacher": namespace.teacher, "student_init": namespace.student, "data": namespace.data}
     if namespace.stage == "stage1":
         result = recipes.distill_stage1(
-            teacher, student, dataset_at(base_size), args, namespace.train_layer_norm, card_info=card_info
+            teacher,
+            student,
+            dataset_at(base_size),
+            args,
+            namespace.train_layer_norm,
+            card_info=card_info,
+            processor=export_processor,
         )
         results = [result]
     else:
@@ -260,6 +274,7 @@ def run(namespace: argparse.Namespace) -> int:
                 args,
                 batch_resolutions=batch_resolutions,
                 card_info=card_info,
+                processor=export_processor,
                 **options,
             )
             results = [result]
@@ -272,6 +287,7 @@ def run(namespace: argparse.Namespace) -> int:
                 resolutions=namespace.resolutions,
                 batch_resolutions=batch_resolutions,
                 card_info=card_info,
+                processor=export_processor,
                 **options,
             )
     if results and not results[-1].finished:

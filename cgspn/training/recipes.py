@@ -3,15 +3,18 @@
 The CLI (:mod:`cgspn.training.cli`) only parses arguments and calls these; they are equally usable from Python:
 
 ```python
->>> from cgspn.training import TrainingArguments, distill_stage1, load_image_dataset
+>>> from cgspn.conversion import load_teacher_and_processor, student_from_teacher
+>>> from cgspn.data import build_image_processor, load_image_dataset, prepare_dataset
+>>> from cgspn.training import TrainingArguments, distill_stage1
+>>> teacher, processor = load_teacher_and_processor("hf:path/to/siglip")
+>>> dataset = prepare_dataset(load_image_dataset("data/"), build_image_processor(processor), 224)
 >>> args = TrainingArguments(output_dir="out/stage1", max_steps=5000, per_device_batch_size=64)
->>> distill_stage1(teacher, student, load_image_dataset("data/"), processor, args)
+>>> distill_stage1(teacher, student_from_teacher(teacher), dataset, args, processor=processor)
 ```
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,61 +23,14 @@ from typing import Any
 
 from torch import nn
 
+from ..data import resized_processor
 from .defaults import STAGE2_LOSSES, check_recipe
-from .stages import FeatureTask, SublayerTask, freeze, frozen_copy, student_from_teacher, vision_tower
+from .stages import FeatureTask, SublayerTask, frozen_copy, vision_tower
 from .trainer import DistillationTrainer, TrainingArguments, TrainResult, push_folder_to_hub, write_model_card
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RESOLUTIONS = (378, 518, 756, 1036)
-
-
-def _cgspn_model_type(path: Path) -> str | None:
-    config = path / "config.json"
-    if not config.is_file():
-        return None
-    model_type = str(json.loads(config.read_text()).get("model_type", ""))
-    return model_type if model_type.startswith("cgspn") else None
-
-
-def load_cgspn_model(path: str | Path) -> nn.Module:
-    """A saved C-GSPN folder as ``CGSPNModel`` (dual encoder) or ``CGSPNVisionModel`` (vision tower)."""
-    from ..modeling_cgspn import CGSPNModel, CGSPNVisionModel
-
-    path = Path(path)
-    model_type = _cgspn_model_type(path)
-    if model_type is None:
-        raise FileNotFoundError(f"{path} is not a saved C-GSPN model folder (no config.json with a cgspn model_type)")
-    model_class = CGSPNModel if model_type == "cgspn" else CGSPNVisionModel
-    return model_class.from_pretrained(str(path))
-
-
-def load_teacher_model(spec: str | Path | nn.Module) -> nn.Module:
-    """The frozen teacher: a saved C-GSPN folder, or any source ``cgspn.conversion.teacher.load_teacher`` accepts
-    (``open_clip:<name>[:<pretrained>]``, ``hf:<repo>``, a transformers folder)."""
-    if isinstance(spec, nn.Module):
-        return freeze(spec)
-    if _cgspn_model_type(Path(spec)) is not None:
-        return freeze(load_cgspn_model(spec))
-    try:
-        from ..conversion.teacher import load_teacher
-    except ImportError as error:
-        raise ImportError(
-            f"Teacher {spec!r} is not a saved C-GSPN folder, and cgspn.conversion (needed to convert other "
-            f"teachers) cannot be imported: {error}"
-        ) from error
-    return load_teacher(spec)
-
-
-def load_student_model(spec: str | Path | None, teacher: nn.Module) -> nn.Module:
-    """The student to train: a saved C-GSPN folder, or (``None``) one derived from the teacher by copying weights."""
-    if spec is not None:
-        return load_cgspn_model(spec)
-    logger.warning(
-        "No --student given: using a plain copy of the teacher with fresh propagation layers; "
-        "`cgspn convert` gives a better (SVD) initialization"
-    )
-    return student_from_teacher(teacher)
 
 
 def distill_stage1(
@@ -84,10 +40,11 @@ def distill_stage1(
     args: TrainingArguments,
     train_layer_norm: bool = False,
     card_info: dict[str, Any] | None = None,
+    processor=None,
 ) -> TrainResult:
-    """Stage 1 (sublayer-wise MSE) on a dataset of ``pixel_values``."""
+    """Stage 1 (sublayer-wise MSE) on a dataset of ``pixel_values``; ``processor`` is exported with the student."""
     task = SublayerTask(teacher, student, train_layer_norm, gradient_checkpointing=args.gradient_checkpointing)
-    return DistillationTrainer(task, dataset, args, card_info=card_info).train()
+    return DistillationTrainer(task, dataset, args, card_info=card_info, processor=processor).train()
 
 
 def distill_stage2(
@@ -102,11 +59,12 @@ def distill_stage2(
     beta: float = 0.5,
     teacher_resolution: int | None = None,
     card_info: dict[str, Any] | None = None,
+    processor=None,
     tap_weight: float | None = None,
     output_weight: float | None = None,
 ) -> TrainResult:
-    """Stage 2 (end-to-end distillation) on a dataset of ``pixel_values``; ``None`` loss weights take the defaults of
-    ``args.recipe`` (:data:`~cgspn.training.defaults.STAGE2_LOSSES`)."""
+    """Stage 2 (end-to-end distillation) on a dataset of ``pixel_values``; ``processor`` is exported with the student.
+    ``None`` loss weights take the defaults of ``args.recipe`` (:data:`~cgspn.training.defaults.STAGE2_LOSSES`)."""
     from accelerate.utils import set_seed
 
     defaults = STAGE2_LOSSES[check_recipe(args.recipe)]
@@ -124,7 +82,7 @@ def distill_stage2(
         tap_weight=defaults.tap_weight if tap_weight is None else tap_weight,
         output_weight=defaults.output_weight if output_weight is None else output_weight,
     )
-    return DistillationTrainer(task, dataset, args, card_info=card_info).train()
+    return DistillationTrainer(task, dataset, args, card_info=card_info, processor=processor).train()
 
 
 def _phase_dir(output_dir: str | Path, index: int, resolution: int) -> Path:
@@ -139,6 +97,7 @@ def distill_curriculum(
     resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
     batch_resolutions: Sequence[int] | None = None,
     card_info: dict[str, Any] | None = None,
+    processor=None,
     **stage2_options,
 ) -> list[TrainResult]:
     """The high-resolution curriculum (SPEC §4): one stage-2 phase per resolution.
@@ -154,6 +113,7 @@ def distill_curriculum(
             skips finished phases (reloading their export) and resumes the current one.
         batch_resolutions: Optional multi-resolution sampling: each phase draws per batch among those of these
             resolutions that do not exceed its own, plus its own.
+        processor: Exported with every phase's student and the final one, resized to that phase's resolution.
         stage2_options: ``distill_every``, ``kl_weight``, ``alpha``, ``beta``, ``tap_weight``, ``output_weight``.
     """
     resolutions = list(resolutions)
@@ -185,22 +145,25 @@ def distill_curriculum(
             batch_resolutions=sampled if len(sampled) > 1 else None,
             teacher_resolution=teacher_resolution,
             card_info={**(card_info or {}), "resolution": resolution, "phase": index},
+            processor=resized_processor(processor, resolution),
             **stage2_options,
         )
         results.append(result)
         if not result.finished:
             return results
-    _export_final(student, args, results, card_info, resolutions)
+    _export_final(student, args, results, card_info, resolutions, resized_processor(processor, resolutions[-1]))
     return results
 
 
-def _export_final(student, args: TrainingArguments, results, card_info, resolutions) -> None:
+def _export_final(student, args: TrainingArguments, results, card_info, resolutions, processor) -> None:
     from accelerate import PartialState
 
     state = PartialState()
     if state.is_main_process:
         output_dir = Path(args.output_dir)
         student.save_pretrained(str(output_dir), safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(str(output_dir))
         losses = [loss for result in results for loss in result.losses]
         steps = sum(result.global_step for result in results)
         info = {**(card_info or {}), "resolutions": list(resolutions)}
@@ -215,7 +178,4 @@ __all__ = [
     "distill_curriculum",
     "distill_stage1",
     "distill_stage2",
-    "load_cgspn_model",
-    "load_student_model",
-    "load_teacher_model",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,45 +54,6 @@ def distill_layers(num_layers: int, distill_every: int) -> list[int]:
     if distill_every > num_layers:
         raise ValueError(f"distill_every ({distill_every}) exceeds the number of blocks ({num_layers})")
     return list(range(distill_every - 1, num_layers, distill_every))
-
-
-def student_from_teacher(
-    teacher: nn.Module, attention_layer_indices: Iterable[int] = (), init_from_attention: bool = True
-) -> nn.Module:
-    """A student with the teacher's weights and propagation layers everywhere but ``attention_layer_indices``.
-
-    ``teacher`` is a C-GSPN teacher (all blocks attention, e.g. from ``cgspn.conversion.load_teacher``). Copies every
-    weight that has a place in the student (patch embedding, norms, MLPs, kept attention layers, pooling head, text
-    tower) and drops the position embeddings. Propagation layers get ``cgspn.conversion``'s SVD initialization from
-    the teacher block's value-output map (SPEC §4) when ``init_from_attention``, else their fresh random init.
-    """
-    config = copy.deepcopy(teacher.config)
-    vision_config = getattr(config, "vision_config", None) or config
-    vision_config.attention_layer_indices = sorted(set(attention_layer_indices))
-    vision_config.use_position_embeddings = False
-    student = type(teacher)(config)
-    teacher_state = teacher.state_dict()
-    student_state = student.state_dict()
-    state = {
-        name: value
-        for name, value in teacher_state.items()
-        if name in student_state and student_state[name].shape == value.shape
-    }
-    if init_from_attention:
-        from ..conversion.init import init_propagation_from_attention
-
-        tower = vision_tower(student)
-        prefix = "vision_model." if tower is not student else ""
-        grid = (vision_config.image_size // vision_config.patch_size,) * 2
-        for index in vision_config.propagation_layer_indices:
-            mixer = f"{prefix}encoder.layers.{index}.mixer."
-            attention = {k.removeprefix(mixer): v for k, v in teacher_state.items() if k.startswith(mixer)}
-            if "v_proj.weight" not in attention:
-                raise ValueError(f"Teacher block {index} has no attention to initialize the propagation layer from")
-            init = init_propagation_from_attention(attention, vision_config.propagation_channels, grid)
-            state.update({mixer + name: value for name, value in init.items()})
-    student.load_state_dict(state, strict=False)
-    return student
 
 
 def _resize(pixel_values: torch.Tensor, size: int) -> torch.Tensor:
@@ -342,7 +303,6 @@ __all__ = [
     "distill_layers",
     "freeze",
     "frozen_copy",
-    "student_from_teacher",
     "upsample_tokens",
     "vision_tower",
 ]

@@ -176,6 +176,8 @@ class DistillationTrainer:
         args: Training arguments (stage defaults filled in from ``task.name``).
         collate_fn: Batch collation (default: stack ``pixel_values``).
         card_info: Extra lines for the model card (teacher, data, ...).
+        processor: Saved with the exported student (its image processor + tokenizer, e.g. from
+            ``cgspn.data.resized_processor``), so that the export is a complete model folder.
         trackers: Extra Accelerate trackers (``GeneralTracker`` instances) next to those named by ``report_to``.
     """
 
@@ -187,6 +189,7 @@ class DistillationTrainer:
         collate_fn=None,
         card_info: dict[str, Any] | None = None,
         trackers: list | None = None,
+        processor=None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -198,6 +201,7 @@ class DistillationTrainer:
         width = vision_tower(task.student_model).config.hidden_size
         self.args = args.resolved("stage1" if task.name == "stage1" else "stage2", width)
         self.card_info = card_info or {}
+        self.processor = processor
         output_dir = Path(self.args.output_dir)
         self.trackers = [*(_trackers(self.args.report_to) or []), *(trackers or [])]
         self.accelerator = Accelerator(
@@ -221,7 +225,7 @@ class DistillationTrainer:
         self.dataloader = self._dataloader(dataset, collate_fn)
 
     def _dataloader(self, dataset, collate_fn) -> DataLoader:
-        from .data import collate_pixel_values
+        from ..data import collate_pixel_values
 
         iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__")
         if not iterable and len(dataset) < self.args.per_device_batch_size * self.accelerator.num_processes:
@@ -388,7 +392,8 @@ class DistillationTrainer:
         return losses
 
     def export(self, module: nn.Module, global_step: int, losses: list[float]) -> str:
-        """``save_pretrained`` the student (without adaptors) into ``output_dir`` with a model card; push if asked."""
+        """``save_pretrained`` the student (without adaptors) and the processor into ``output_dir`` with a model card;
+        push if asked."""
         from .stages import vision_tower
 
         accelerator = self.accelerator
@@ -400,6 +405,8 @@ class DistillationTrainer:
             tower_state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
             vision_tower(student).load_state_dict(tower_state)
             student.save_pretrained(str(output_dir), safe_serialization=True)
+            if self.processor is not None:
+                self.processor.save_pretrained(str(output_dir))
             write_model_card(student, output_dir, self.task.name, self.args, global_step, losses, self.card_info)
             if self.args.push_to_hub:
                 push_folder_to_hub(output_dir, self.args.push_to_hub, self.args.hub_private, self.args.hub_token)

@@ -1,13 +1,14 @@
-"""Image data for distillation through `datasets`: local folders, saved datasets, parquet/arrow files,
-webdataset tar shards and hub ids, optionally streamed.
+"""Image datasets through `datasets`: local folders, saved datasets, parquet/arrow/csv/json files, webdataset tar
+shards and hub ids, optionally streamed; and their pixel values through an image processor.
 
-Only images are needed (captions and other columns are dropped). Pixel values come from an image processor:
-the teacher's (``preprocessor_config.json`` in its folder) or one built from a size/mean/std.
+`load_image_dataset` serves training, evaluation and the demo. For distillation only images are needed
+(`prepare_dataset` drops captions and other columns and decodes images into ``pixel_values`` on the fly), with the
+teacher's image processor (`build_image_processor`) or one built from a size/mean/std.
 
 Example:
 
 ```python
->>> from cgspn.training.data import build_image_processor, load_image_dataset, prepare_dataset
+>>> from cgspn.data import build_image_processor, load_image_dataset, prepare_dataset
 >>> raw = load_image_dataset("path/to/images", split="train")
 >>> processor = build_image_processor(image_size=378, mean=[0.5] * 3, std=[0.5] * 3)
 >>> dataset = prepare_dataset(raw, processor, image_size=378)
@@ -18,7 +19,9 @@ torch.Size([3, 378, 378])
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,12 +30,20 @@ import torch
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
+    from transformers import ProcessorMixin
     from transformers.image_processing_utils import BaseImageProcessor
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
-FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
+FILE_BUILDERS = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".tar": "webdataset",
+}
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
@@ -42,7 +53,7 @@ def _load_saved(path: Path, split: str, streaming: bool) -> Dataset | IterableDa
     dataset = load_from_disk(str(path))
     if isinstance(dataset, DatasetDict):
         if split not in dataset:
-            raise ValueError(f"Split {split!r} not in the saved dataset at {path}; it has {sorted(dataset)}")
+            raise ValueError(f"Split {split!r} not in the saved dataset at {path}; available: {', '.join(dataset)}")
         dataset = dataset[split]
     return dataset.to_iterable_dataset(num_shards=max(1, min(64, len(dataset) // 1000))) if streaming else dataset
 
@@ -56,17 +67,19 @@ def _files_by_builder(files: Sequence[Path]) -> tuple[str, list[str]]:
 
 
 def load_image_dataset(
-    source: str | Path,
+    source: str | os.PathLike,
     split: str = "train",
     streaming: bool = False,
     name: str | None = None,
 ) -> Dataset | IterableDataset:
-    """Load an image dataset from any of the supported sources.
+    """Load one split of a dataset from wherever it lives.
 
     Args:
-        source: A folder saved with ``save_to_disk``; a folder of ``.parquet``/``.arrow`` files or ``.tar``
-            webdataset shards; a folder of images (``imagefolder``, optional ``metadata.jsonl``); one such
-            file; a glob pattern of files; or a hub dataset id.
+        source: A folder saved with ``save_to_disk`` (a `DatasetDict`, or a single `Dataset` whose split is not
+            checked); any other local folder, handed to ``datasets.load_dataset`` (image folders with optional
+            ``metadata.jsonl``, ImageNet-style ``split/class/*.jpg`` trees, folders of parquet/arrow/csv/json files or
+            ``.tar`` webdataset shards, split by file or folder names); one such file; a glob pattern of files; or a
+            hub dataset id (``HF_HUB_OFFLINE=1``: cached copies only).
         split: Split to load (``train`` for single-split sources).
         streaming: Return an ``IterableDataset`` reading lazily (for sets larger than the disk cache).
         name: Configuration name of a hub dataset.
@@ -77,11 +90,7 @@ def load_image_dataset(
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             return _load_saved(path, split, streaming)
-        files = [f for f in path.rglob("*") if f.suffix in FILE_BUILDERS]
-        if files:
-            builder, data_files = _files_by_builder(files)
-            return load_dataset(builder, data_files={split: data_files}, split=split, streaming=streaming)
-        return load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
+        return _checked_split(lambda: load_dataset(str(path), name, split=split, streaming=streaming), source, split)
     matches = [path] if path.is_file() else sorted(Path(p) for p in _glob(str(source)))
     if matches:
         unknown = [str(f) for f in matches if f.suffix not in FILE_BUILDERS]
@@ -89,9 +98,24 @@ def load_image_dataset(
             raise ValueError(f"Unsupported data files {unknown[:3]}: expected {sorted(FILE_BUILDERS)}")
         builder, data_files = _files_by_builder(matches)
         return load_dataset(builder, data_files={split: data_files}, split=split, streaming=streaming)
-    if str(source).startswith((".", "/", "~")) or path.suffix in FILE_BUILDERS:
-        raise FileNotFoundError(f"No data found at {source}")
-    return load_dataset(str(source), name, split=split, streaming=streaming)
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1 or path.suffix in FILE_BUILDERS:
+        raise FileNotFoundError(f"No data found at {source}: the path does not exist")
+    try:
+        return _checked_split(lambda: load_dataset(str(source), name, split=split, streaming=streaming), source, split)
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"cannot load hub dataset {source!r}: {error}. Offline (HF_HUB_OFFLINE=1) only datasets already in the "
+            "local cache load; otherwise pass a local folder or file."
+        ) from error
+
+
+def _checked_split(load, source, split: str):
+    try:
+        return load()
+    except ValueError as error:
+        if "split" in str(error).lower():
+            raise ValueError(f"cannot load split {split!r} of {source}: {error}") from error
+        raise
 
 
 def _glob(pattern: str) -> list[str]:
@@ -120,20 +144,36 @@ def find_image_column(dataset: Dataset | IterableDataset, image_column: str | No
     raise ValueError(f"No image column among {columns}; pass image_column (--image-column)")
 
 
+def require_columns(dataset: Dataset | IterableDataset, columns: Sequence[str]) -> None:
+    """Raise a clear error when a column is missing (no-op when a streamed dataset does not know its columns)."""
+    available = getattr(dataset, "column_names", None)
+    if available is None:
+        return
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ValueError(f"column(s) {missing} not found in the dataset; available columns: {available}")
+
+
 def build_image_processor(
-    teacher: str | Path | None = None,
+    teacher: str | os.PathLike | BaseImageProcessor | ProcessorMixin | None = None,
     image_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> BaseImageProcessor:
-    """The teacher's image processor (from its folder) or a square resize + normalize processor.
+    """A copy of the image processor of ``teacher`` (a processor, or a model folder read by `load_processor`), or a
+    square resize + normalize processor of ``image_size``.
 
     ``mean``/``std`` override the teacher's values; without a teacher processor they default to SigLIP's 0.5.
     """
-    from transformers import AutoImageProcessor, SiglipImageProcessor
+    from transformers import SiglipImageProcessor
 
-    if teacher is not None and (Path(teacher) / "preprocessor_config.json").exists():
-        processor = AutoImageProcessor.from_pretrained(str(teacher))
+    from .processors import image_processor_of, load_processor
+
+    if isinstance(teacher, (str, os.PathLike)):
+        teacher = load_processor(teacher)
+    image_processor = image_processor_of(teacher)
+    if image_processor is not None:
+        processor = copy.deepcopy(image_processor)
         if mean is not None:
             processor.image_mean = list(mean)
         if std is not None:
@@ -158,6 +198,12 @@ def processor_size_kwargs(processor: BaseImageProcessor, image_size: int | None)
     return {"size": square}
 
 
+def pixel_values(image_processor: BaseImageProcessor, images: Sequence, **kwargs: Any) -> torch.Tensor:
+    """``(B, 3, H, W)`` pixel values of PIL images (converted to RGB) through ``image_processor``."""
+    images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
+    return image_processor(images=images, return_tensors="pt", **kwargs)["pixel_values"]
+
+
 class ImageTransform:
     """Batched ``datasets`` transform: images of ``image_column`` -> ``pixel_values`` tensors."""
 
@@ -167,9 +213,7 @@ class ImageTransform:
         self.kwargs = processor_size_kwargs(processor, image_size)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list[torch.Tensor]]:
-        images = [image.convert("RGB") for image in batch[self.image_column]]
-        pixel_values = self.processor(images, return_tensors="pt", **self.kwargs)["pixel_values"]
-        return {"pixel_values": list(pixel_values)}
+        return {"pixel_values": list(pixel_values(self.processor, batch[self.image_column], **self.kwargs))}
 
 
 def prepare_dataset(
@@ -206,11 +250,14 @@ def collate_pixel_values(examples: list[dict[str, Any]]) -> dict[str, torch.Tens
 
 
 __all__ = [
+    "FILE_BUILDERS",
     "ImageTransform",
     "build_image_processor",
     "collate_pixel_values",
     "find_image_column",
     "load_image_dataset",
+    "pixel_values",
     "prepare_dataset",
     "processor_size_kwargs",
+    "require_columns",
 ]
