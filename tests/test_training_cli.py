@@ -37,7 +37,18 @@ def test_flags_and_config_file(tmp_path):
     assert (resolved.lr_scheduler, resolved.warmup_steps) == ("cosine", 0)
     stage1 = parse_args(["stage1", "--teacher", "t", "--data", "d", "--output-dir", "o", "--max-steps", "5000"])
     resolved = training_arguments(stage1).resolved("stage1")
-    assert (resolved.learning_rate, resolved.lr_scheduler, resolved.warmup_steps) == (4e-5, "linear", 300)
+    assert (resolved.recipe, resolved.learning_rate, resolved.lr_scheduler, resolved.warmup_steps) == (
+        "cgspn",
+        2e-3,
+        "linear",
+        300,
+    )
+    assert training_arguments(stage1).resolved("stage2", width=1024).learning_rate == pytest.approx(2.5e-4)
+    paper = parse_args(["stage1", "--teacher", "t", "--data", "d", "--output-dir", "o", "--recipe", "paper"])
+    resolved = training_arguments(paper).resolved("stage1", width=1152)
+    assert (resolved.learning_rate, resolved.lr_scheduler) == (4e-5, "linear")  # the paper's rates are not scaled
+    with pytest.raises(SystemExit):
+        parse_args(["stage1", "--teacher", "t", "--data", "d", "--output-dir", "o", "--recipe", "nope"])
     curriculum = parse_args(["curriculum", "--student", "s", "--data", "d", "--output-dir", "o"])
     assert curriculum.resolutions == [378, 518, 756, 1036] and curriculum.teacher is None
     bad = tmp_path / "bad.json"

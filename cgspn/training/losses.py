@@ -37,11 +37,13 @@ def feature_loss(adapted: torch.Tensor, teacher: torch.Tensor, kl_weight: float 
 
 
 def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """``MSE(s, t) / mean(t**2)`` in fp32: a scale-free error (0 = equal, 1 = as far as predicting zeros)."""
+    """Per-example ``MSE(s, t) / mean(t**2)``, averaged over the batch, in fp32: a scale-free error (0 = equal,
+    1 = as far as predicting zeros) whose batch mean splits exactly across data-parallel processes."""
     if student.shape != teacher.shape:
         raise ValueError(f"Student and teacher features differ in shape: {student.shape} vs {teacher.shape}")
-    student, teacher = student.float(), teacher.float()
-    return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(torch.finfo(torch.float32).tiny)
+    student, teacher = student.float().flatten(1), teacher.float().flatten(1)
+    error = (student - teacher).pow(2).mean(dim=1)
+    return (error / teacher.pow(2).mean(dim=1).clamp_min(torch.finfo(torch.float32).tiny)).mean()
 
 
 POOLED_COSINE_WEIGHT = 10.0
