@@ -58,6 +58,7 @@ class TeacherSize:
 SIZES = {
     "cpu": TeacherSize(32, 4, 64, 4, 4, 64, 2, steps=1200, batch_size=64),
     "gpu": TeacherSize(64, 8, 192, 6, 6, 128, 3, steps=3000, batch_size=128, learning_rate=1e-3),
+    "smoke": TeacherSize(16, 4, 32, 2, 2, 32, 1, steps=4, batch_size=16),  # checks the pipeline runs, in a minute
 }
 
 
