@@ -1,14 +1,14 @@
 """Kill a training run (SIGKILL) at every file write of a checkpoint and of an export, resume it, compare.
 
-Run as ``python -m tests.fault_injection SCENARIO WORKDIR REPORT`` (``tests/test_fault_injection.py`` does): this process
-imports everything once, then forks one child per run, so each of the ~100 runs costs a fraction of a second. A
+Run as ``python -m tests.fault_injection SCENARIO WORKDIR REPORT`` (as ``tests/test_fault_injection.py`` does): this
+process imports everything once, then forks one child per run, so each of the ~100 runs costs a fraction of a second. A
 child installs a write hook: every call of ``torch.save``, ``safetensors`` ``save_file``, ``open`` for writing,
 ``os.replace``/``os.rename`` and ``shutil.rmtree`` on a path under the run's output folder is an *event*, labelled
 with what the trainer was writing (``checkpoint`` at a step, or ``export``) and the folder of that trainer.
 
 1. A reference run, uninterrupted, records the events.
-2. For each event of the chosen checkpoints and of every export, a run is killed just before that event, and once
-   more right after a torn write where one is possible (half a data file, an empty file opened for writing, a
+2. For each event of the chosen checkpoint and exports (``_kill_points``), a run is killed just before that event, and
+   once more right after a torn write where one is possible (half a data file, an empty file opened for writing, a
    folder with one file deleted). Then ``--resume`` runs to the end in the same folder.
 3. The report (a JSON file) lists, per kill, the resume's exit code, whether the exported weights are
    bit-identical to the reference, the step each resumed trainer started from, and the leftovers.
@@ -119,7 +119,9 @@ class WriteHook:
         if not self._inside(path):
             return call()
         index = len(self.events)
-        self.events.append({"kind": kind, "path": str(Path(path).resolve().relative_to(self.root)), **(self.label or {})})
+        self.events.append(
+            {"kind": kind, "path": str(Path(path).resolve().relative_to(self.root)), **(self.label or {})}
+        )
         if index != self.kill_at:
             return call()
         if not self.torn:
@@ -165,7 +167,11 @@ class WriteHook:
         self._label_trainer()
 
     def _label_trainer(self) -> None:
-        save, export, resume = trainer.DistillationTrainer._save, trainer.export_student, trainer.DistillationTrainer._resume
+        save, export, resume = (
+            trainer.DistillationTrainer._save,
+            trainer.export_student,
+            trainer.DistillationTrainer._resume,
+        )
         hook = self
 
         def labelled_save(self, state):
@@ -211,7 +217,16 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _kill_points(events: list[dict]) -> list[tuple[int, bool]]:
-    chosen = [i for i, e in enumerate(events) if e.get("step") in (KILLED_CHECKPOINT, "export")]
+    """Every event of checkpoint ``KILLED_CHECKPOINT`` of the last trainer, and of the first and the last export
+    (in the curriculum: phase 0's, which a resume must verify and skip, and the final one), before and torn."""
+    trainers = [e["folder"] for e in events if e.get("step") == KILLED_CHECKPOINT]
+    exports = [e["folder"] for e in events if e.get("step") == "export"]
+    chosen = [
+        i
+        for i, e in enumerate(events)
+        if (e.get("step"), e.get("folder"))
+        in {(KILLED_CHECKPOINT, trainers[-1]), ("export", exports[0]), ("export", exports[-1])}
+    ]
     return [(i, torn) for i in chosen for torn in (False, True) if not torn or events[i]["kind"] in DATA_WRITERS]
 
 

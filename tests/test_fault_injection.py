@@ -25,7 +25,11 @@ def test_kill_anywhere_then_resume(tmp_path, scenario):
     result = json.loads(report.read_text())
     written = {(event["kind"], Path(event["path"]).name) for event in result["events"]}
     # the hook sees the writes that matter (so the suite cannot pass by seeing nothing)
-    assert {("save_file", "model.safetensors"), ("torch.save", "optimizer.bin"), ("open", "train_state.json")} <= written
+    assert {
+        ("save_file", "model.safetensors"),
+        ("torch.save", "optimizer.bin"),
+        ("open", "train_state.json"),
+    } <= written
     assert {("open", "config.json"), ("replace", "model.safetensors"), ("rmtree", "checkpoint_2.deleting")} <= written
     assert all("step" in event for event in result["events"]), "a write outside any checkpoint or export"
     trials = result["trials"]
