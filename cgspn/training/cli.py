@@ -215,12 +215,12 @@ def run(namespace: argparse.Namespace) -> int:
 
     args = training_arguments(namespace)
     args.validate()
-    check_output_dir(namespace)
     if args.hub_token:
         logger.warning(
             "--hub-token is visible to other users of this machine (e.g. in `ps`); prefer `hf auth login` or the "
             "HF_TOKEN environment variable"
         )
+    check_output_dir(namespace)
     teacher = recipes.load_teacher_model(namespace.teacher) if namespace.teacher else None
     if namespace.student is None and teacher is None:
         raise SystemExit("cgspn-train curriculum: give --student (or --teacher to derive one)")
