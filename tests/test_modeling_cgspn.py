@@ -231,6 +231,13 @@ def test_bad_pixel_values_raise(tester, shape, message):
         model(torch.randn(shape))
 
 
+def test_integer_pixel_values_are_rejected(tester):
+    model = make_model(CGSPNVisionModel, tester.get_config())
+    raw = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"floating-point tensor .* got torch.uint8"):
+        model(raw)
+
+
 def test_bf16_forward_runs_and_stays_close(tester):
     model = make_model(CGSPNVisionModel, tester.get_config(attention_layer_indices=[]))
     pixel_values = tester.pixel_values()

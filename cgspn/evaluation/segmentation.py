@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..images import to_rgb
 from .data import require_columns
 from .metrics import load_metric
 from .zero_shot import model_device_dtype
@@ -51,7 +52,7 @@ def _mask_array(mask) -> np.ndarray:
 
 
 def _pixel_values(image_processor, images, device, dtype) -> torch.Tensor:
-    images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
+    images = [to_rgb(image) if hasattr(image, "convert") else image for image in images]
     kwargs = {}
     # A center crop would cut away part of the image and misalign the upsampled logits with the mask: squash the
     # whole image to the crop size instead (CLIP-style processors).

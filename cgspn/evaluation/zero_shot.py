@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..images import to_rgb
 from ..tokenization import text_padding
 from .data import require_columns
 from .metrics import load_metric
@@ -100,7 +101,7 @@ def zero_shot_classifier(
 def encode_images(model, image_processor, images, device=None) -> torch.Tensor:
     """Normalized image embeddings ``(B, D)`` for a list of PIL images."""
     device, dtype = model_device_dtype(model, device)
-    images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
+    images = [to_rgb(image) if hasattr(image, "convert") else image for image in images]
     pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
     return F.normalize(as_embeddings(model.get_image_features(pixel_values=pixel_values)).float(), dim=-1)
 

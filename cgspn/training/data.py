@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..images import decode_image, to_rgb
+
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
     from transformers.image_processing_utils import BaseImageProcessor
@@ -167,7 +169,7 @@ class ImageTransform:
         self.kwargs = processor_size_kwargs(processor, image_size)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list[torch.Tensor]]:
-        images = [image.convert("RGB") for image in batch[self.image_column]]
+        images = [to_rgb(decode_image(image)) for image in batch[self.image_column]]
         pixel_values = self.processor(images, return_tensors="pt", **self.kwargs)["pixel_values"]
         return {"pixel_values": list(pixel_values)}
 
@@ -189,9 +191,9 @@ def prepare_dataset(
 
     column = find_image_column(dataset, image_column)
     dataset = dataset.select_columns([column])
-    feature = (dataset.features or {}).get(column)
-    if feature is not None and not isinstance(feature, Image):
-        dataset = dataset.cast_column(column, Image())  # paths or {"bytes", "path"} structs
+    if (dataset.features or {}).get(column) is not None:
+        # paths, {"bytes", "path"} structs or images, decoded by the transform (errors name the file)
+        dataset = dataset.cast_column(column, Image(decode=False))
     transform = ImageTransform(processor, column, image_size)
     if isinstance(dataset, IterableDataset):
         if shuffle_buffer > 1:
