@@ -168,9 +168,17 @@ class CGSPNVisionConfig(BackboneConfigMixin, PreTrainedConfig):
         self.attention_layer_indices = sorted(set(self.attention_layer_indices or []))
         self.auto_map = {**VISION_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
-        self.set_output_features_output_indices(
-            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
-        )
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
+        stages = len(self.stage_names)
+        beyond = [f for f in out_features or [] if f not in self.stage_names]
+        beyond += [i for i in out_indices or [] if not -stages <= i < stages]
+        if beyond:
+            raise ValueError(
+                f"Backbone outputs (out_features/out_indices) {beyond} name blocks beyond num_hidden_layers="
+                f"{self.num_hidden_layers} (stages 'stem'..'{self.stage_names[-1]}'): a config copied from a deeper "
+                "model keeps its backbone outputs; remove out_features and out_indices, or choose among these stages"
+            )
+        self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):

@@ -102,6 +102,13 @@ def test_invalid_config_raises_clear_error(tester, overrides, message):
         tester.get_config(**overrides)
 
 
+def test_shallower_config_copied_from_a_deeper_one_explains_backbone_outputs(tester):
+    deep = tester.get_config(num_hidden_layers=3).to_dict()
+    assert deep["out_features"] == ["stage3"]  # the default: the last block
+    with pytest.raises(ValueError, match=r"\['stage3', 3\] name blocks beyond num_hidden_layers=2"):
+        CGSPNVisionConfig.from_dict({**deep, "num_hidden_layers": 2, "attention_layer_indices": []})
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -89,7 +89,10 @@ def zero_shot_classifier(
     chunks = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenizer(
-            prompts[start : start + batch_size], truncation=True, return_tensors="pt", **text_padding(model.config)
+            prompts[start : start + batch_size],
+            truncation=True,
+            return_tensors="pt",
+            **text_padding(getattr(model, "config", None)),
         )
         tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         chunks.append(F.normalize(as_embeddings(model.get_text_features(**tokens)).float(), dim=-1))
