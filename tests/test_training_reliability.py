@@ -183,3 +183,11 @@ def test_hub_token_flag_warns(folders, caplog):
     with caplog.at_level(logging.WARNING), pytest.raises(SystemExit):
         main(_cli_flags(folders, folders / "student", "--hub-token", "hf_secret"))
     assert "--hub-token is visible" in caplog.text and "HF_TOKEN" in caplog.text
+
+
+def test_runs_with_other_accelerate_settings_in_one_process(tmp_path):
+    """A run after another whose accelerate state differs (here bf16 then fp32; on a GPU machine a CUDA run then a
+    --cpu curriculum phase) gets a fresh state instead of "AcceleratorState has already been initialized"."""
+    first = _stage1(tmp_path / "bf16", max_steps=1, save_steps=0, mixed_precision="bf16", cpu=True)
+    second = _stage1(tmp_path / "fp32", max_steps=1, save_steps=0, mixed_precision="no", cpu=True)
+    assert first.finished and second.finished

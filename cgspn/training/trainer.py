@@ -171,6 +171,23 @@ def _trackers(report_to: str) -> list[str] | None:
     return [name.strip() for name in report_to.split(",") if name.strip()]
 
 
+def release_conflicting_state(cpu: bool, mixed_precision: str) -> None:
+    """Forget the accelerate state of an earlier single-process run in this process when its device or precision
+    differs from this run's (e.g. a GPU run, then a ``--cpu`` one, or the phases of a curriculum after other
+    training): accelerate refuses to change an initialized state ("AcceleratorState has already been initialized").
+    Distributed states are kept (accelerate then explains the conflict itself)."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    state = AcceleratorState._shared_state
+    if not state or state.get("distributed_type") != DistributedType.NO:
+        return
+    wants_cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if (wants_cpu and state["device"].type != "cpu") or state.get("_mixed_precision") != mixed_precision:
+        logger.info("Resetting the accelerate state of an earlier run (device %s)", state["device"])
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Non-reentrant activation checkpointing of every block (hooks and taps inside blocks keep their grads)."""
     kwargs = {"use_reentrant": False}
@@ -210,6 +227,7 @@ class DistillationTrainer:
         self.card_info = card_info or {}
         output_dir = Path(self.args.output_dir)
         self.trackers = [*(_trackers(self.args.report_to) or []), *(trackers or [])]
+        release_conflicting_state(self.args.cpu, self.args.mixed_precision)
         self.accelerator = Accelerator(
             cpu=self.args.cpu,
             mixed_precision=self.args.mixed_precision,
