@@ -15,10 +15,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the harness forks one child per run")
 @pytest.mark.parametrize("scenario", ["stage1", "stage2", "curriculum"])
 def test_kill_anywhere_then_resume(tmp_path, scenario):
     report = tmp_path / "report.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # CPU only (the runs pass --cpu): forked children cannot use a CUDA context their parent created
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     command = [sys.executable, "-m", "tests.fault_injection", scenario, str(tmp_path / "work"), str(report)]
     process = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert process.returncode == 0, process.stderr[-4000:]

@@ -31,6 +31,7 @@ def _args(output_dir, **overrides):
         save_steps=4,
         save_total_limit=2,
         report_to="none",
+        cpu=True,  # bit-identical comparisons: CPU kernels are deterministic
     )
     return TrainingArguments(**{**values, **overrides})
 
@@ -188,6 +189,6 @@ def test_hub_token_flag_warns(folders, caplog):
 def test_runs_with_other_accelerate_settings_in_one_process(tmp_path):
     """A run after another whose accelerate state differs (here bf16 then fp32; on a GPU machine a CUDA run then a
     --cpu curriculum phase) gets a fresh state instead of "AcceleratorState has already been initialized"."""
-    first = _stage1(tmp_path / "bf16", max_steps=1, save_steps=0, mixed_precision="bf16", cpu=True)
-    second = _stage1(tmp_path / "fp32", max_steps=1, save_steps=0, mixed_precision="no", cpu=True)
+    first = _stage1(tmp_path / "bf16", max_steps=1, save_steps=0, mixed_precision="bf16")
+    second = _stage1(tmp_path / "fp32", max_steps=1, save_steps=0, mixed_precision="no")
     assert first.finished and second.finished

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..model_card import write_model_card as _write_card
+from ..model_card import write_model_card
 from .checkpointing import (
     CHECKPOINT_DIR,
     EXPORT_TMP,
@@ -490,26 +490,9 @@ def export_student(
     losses: list[float],
     info: dict[str, Any],
 ) -> Path:
-    """``save_pretrained`` the student and its model card into ``output_dir`` atomically (see ``export_atomically``)."""
-
-    def write(folder: Path) -> None:
-        student.save_pretrained(str(folder), safe_serialization=True)
-        write_model_card(student, folder, stage, args, global_step, losses, info)
-
-    return export_atomically(output_dir, write)
-
-
-def write_model_card(
-    student: nn.Module,
-    output_dir: str | Path,
-    stage: str,
-    args: TrainingArguments,
-    global_step: int,
-    losses: list[float],
-    info: dict[str, Any],
-) -> Path:
-    """Write ``README.md`` (`cgspn.model_card`) with how the student was distilled into ``output_dir``; adaptors are
-    not exported. Local paths (teacher, data, ...) appear as their folder names only."""
+    """``save_pretrained`` the student into ``output_dir`` atomically (see ``export_atomically``), with a model card
+    (`cgspn.model_card`) saying how it was distilled; adaptors are not exported. Local paths (teacher, data, ...)
+    appear in the card as their folder names only."""
     settings = {
         "distillation": f"`cgspn-train {stage}` (SPEC §4); tap adaptors not included",
         "steps": global_step,
@@ -525,7 +508,12 @@ def write_model_card(
     }
     teacher = _portable(info["teacher"]) if isinstance(info.get("teacher"), str) else None
     repo_id = args.push_to_hub or Path(args.output_dir).name
-    return _write_card(student, output_dir, repo_id=repo_id, teacher=teacher, extra_rows=settings)
+
+    def write(folder: Path) -> None:
+        student.save_pretrained(str(folder), safe_serialization=True)
+        write_model_card(student, folder, repo_id=repo_id, teacher=teacher, extra_rows=settings)
+
+    return export_atomically(output_dir, write)
 
 
 def _portable(value: str) -> str:
@@ -560,5 +548,4 @@ __all__ = [
     "export_student",
     "latest_checkpoint",
     "push_folder_to_hub",
-    "write_model_card",
 ]
