@@ -173,8 +173,8 @@ def _trackers(report_to: str) -> list[str] | None:
 
 def release_conflicting_state(cpu: bool, mixed_precision: str) -> None:
     """Forget the accelerate state of an earlier single-process run in this process when its device or precision
-    differs from this run's (e.g. a GPU run, then a ``--cpu`` one, or the phases of a curriculum after other
-    training): accelerate refuses to change an initialized state ("AcceleratorState has already been initialized").
+    differs from this run's (e.g. a GPU run, then a ``--cpu`` one): accelerate refuses to change an initialized state
+    ("AcceleratorState has already been initialized"), or keeps a ``--cpu`` run's CPU device for a later GPU run.
     Distributed states are kept (accelerate then explains the conflict itself)."""
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType
@@ -183,7 +183,9 @@ def release_conflicting_state(cpu: bool, mixed_precision: str) -> None:
     if not state or state.get("distributed_type") != DistributedType.NO:
         return
     wants_cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    if (wants_cpu and state["device"].type != "cpu") or state.get("_mixed_precision") != mixed_precision:
+    on_cpu = state["device"].type == "cpu"
+    other_device = (wants_cpu and not on_cpu) or (not wants_cpu and on_cpu and torch.accelerator.is_available())
+    if other_device or state.get("_mixed_precision") != mixed_precision:
         logger.info("Resetting the accelerate state of an earlier run (device %s)", state["device"])
         AcceleratorState._reset_state(reset_partial_state=True)
 
