@@ -79,13 +79,14 @@ def test_resume_never_unpickles_code(tmp_path, caplog):
     assert "Cannot load" in caplog.text
 
 
-def test_unreadable_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+@pytest.mark.parametrize("damaged", ["model.safetensors", "random_states_0.pkl", "train_state.json"])
+def test_unreadable_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog, damaged):
     _stage1(tmp_path / "full")
     _stage1(tmp_path / "split", save_steps=2, stop_after_steps=6)  # checkpoints 4 and 6 kept
     newest = latest_checkpoint(tmp_path / "split")
     assert newest.name == "checkpoint_6"
-    weights = newest / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    file = newest / damaged
+    file.write_bytes(file.read_bytes()[:60])
     with caplog.at_level(logging.WARNING):
         resumed = _stage1(tmp_path / "split", save_steps=2, resume=True)
     assert "checkpoint_6" in caplog.text and "trying an older checkpoint" in caplog.text

@@ -127,6 +127,8 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """Read ``train_state.json``, let ``check`` refuse it (by raising), then ``load_state`` with tensors-only
     (``weights_only``) loads. Returns the train state, or ``None`` with a warning when a file cannot be read."""
+    from accelerate.utils import RNG_STATE_NAME, load
+
     try:
         saved = json.loads((checkpoint / STATE_FILE).read_text())
     except (OSError, ValueError) as error:
@@ -134,6 +136,8 @@ def load_checkpoint(
         return None
     check(checkpoint, saved)
     try:
+        # load_state only logs an unreadable random-state file and resumes with other random numbers: read it first
+        load(checkpoint / f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl")
         accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})
     except Exception as error:  # any unreadable or missing file: fall back to an older checkpoint
         logger.warning("Cannot load %s (%s: %s); trying an older checkpoint", checkpoint, type(error).__name__, error)
