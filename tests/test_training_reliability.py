@@ -193,3 +193,27 @@ def test_runs_with_other_accelerate_settings_in_one_process(tmp_path):
     first = _stage1(tmp_path / "bf16", max_steps=1, save_steps=0, mixed_precision="bf16")
     second = _stage1(tmp_path / "fp32", max_steps=1, save_steps=0, mixed_precision="no")
     assert first.finished and second.finished
+
+
+def test_export_moves_weights_last(tmp_path, monkeypatch):
+    """A present weights file (or shard index) means every other exported file is already in place."""
+    from cgspn.training.checkpointing import export_atomically
+
+    moved, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (moved.append(os.path.basename(src)), replace(src, dst)))
+    names = ["model-00002-of-00002.safetensors", "config.json", "model.safetensors.index.json", "README.md"]
+    names.append("model-00001-of-00002.safetensors")
+
+    def write(folder):
+        for name in names:
+            (folder / name).write_text(name)
+
+    export_atomically(tmp_path, write)
+    assert moved == [
+        "README.md",
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    assert not (tmp_path / ".export.tmp").exists() and (tmp_path / "config.json").read_text() == "config.json"

@@ -154,7 +154,8 @@ def export_atomically(output_dir: str | Path, write: Callable[[Path], None]) -> 
     staging.mkdir(parents=True)
     write(staging)
     fsync_tree(staging)
-    entries = sorted(staging.iterdir(), key=lambda p: (p.suffix == ".safetensors", p.name))
+    # weights last (shards before their index), so a present weights file means a complete export
+    entries = sorted(staging.iterdir(), key=lambda p: (".safetensors" in p.name, p.name))
     folders = [p.name for p in entries if not p.is_file()]
     if folders:
         raise RuntimeError(f"Export wrote sub-folders {folders}; only flat model folders can be exported atomically")
