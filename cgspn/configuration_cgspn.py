@@ -7,6 +7,7 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
+from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
@@ -21,6 +22,40 @@ VISION_AUTO_MAP = {
     "AutoModelForSemanticSegmentation": "modeling_cgspn.CGSPNForSemanticSegmentation",
     "AutoBackbone": "modeling_cgspn.CGSPNBackbone",
 }
+INT_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "num_prefix_tokens",
+    "semantic_loss_ignore_index",
+)
+FLOAT_FIELDS = ("layer_norm_eps", "attention_dropout", "initializer_range")
+
+
+def _check_field_types(config: PreTrainedConfig) -> None:
+    """Reject values of the wrong type before anything computes with them (e.g. ``hidden_size="32"``)."""
+
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for name in INT_FIELDS:
+        if not is_int(getattr(config, name)):
+            raise TypeError(f"{name} must be an integer, got {getattr(config, name)!r}")
+    for name in FLOAT_FIELDS:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if config.propagation_channels is not None and not is_int(config.propagation_channels):
+        raise TypeError(f"propagation_channels must be an integer or None, got {config.propagation_channels!r}")
+    indices = config.attention_layer_indices or []
+    if not isinstance(indices, (list, tuple)) or not all(is_int(index) for index in indices):
+        raise TypeError(f"attention_layer_indices must be a list of block indices (integers), got {indices!r}")
+
+
 CLIP_AUTO_MAP = {
     "AutoConfig": "configuration_cgspn.CGSPNConfig",
     "AutoModel": "modeling_cgspn.CGSPNModel",
@@ -127,21 +162,41 @@ class CGSPNVisionConfig(BackboneConfigMixin, PreTrainedConfig):
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        _check_field_types(self)
         if self.propagation_channels is None:
             self.propagation_channels = max(1, self.hidden_size // 18)
         self.attention_layer_indices = sorted(set(self.attention_layer_indices or []))
         self.auto_map = {**VISION_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
-        self.set_output_features_output_indices(
-            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
-        )
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
+        stages = len(self.stage_names)
+        beyond = [f for f in out_features or [] if f not in self.stage_names]
+        beyond += [i for i in out_indices or [] if not -stages <= i < stages]
+        if beyond:
+            raise ValueError(
+                f"Backbone outputs (out_features/out_indices) {beyond} name blocks beyond num_hidden_layers="
+                f"{self.num_hidden_layers} (stages 'stem'..'{self.stage_names[-1]}'): a config copied from a deeper "
+                "model keeps its backbone outputs; remove out_features and out_indices, or choose among these stages"
+            )
+        self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Reject values that cannot build a model (called at construction by `@strict`)."""
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size"):
+        positive = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size")
+        for name in (*positive, "num_channels", "num_labels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size < self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be >= patch_size ({self.patch_size})")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        if not 0 <= self.attention_dropout <= 1:
+            raise ValueError(f"attention_dropout must be in [0, 1], got {self.attention_dropout}")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"initializer_range must be >= 0, got {self.initializer_range}")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
         if self.propagation_channels < 1:
             raise ValueError(f"propagation_channels must be >= 1, got {self.propagation_channels}")
         if self.num_prefix_tokens < 0:

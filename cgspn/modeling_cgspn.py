@@ -46,6 +46,11 @@ def _grid_size(pixel_values: torch.Tensor, config: CGSPNVisionConfig) -> tuple[i
             f"pixel_values must have shape (batch, {config.num_channels}, height, width), "
             f"got {tuple(pixel_values.shape)}"
         )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be a floating-point tensor normalized by the model's image processor, got "
+            f"{pixel_values.dtype} (raw 0..255 pixels?); pass images through the image processor, or convert them"
+        )
     _, channels, height, width = pixel_values.shape
     if channels != config.num_channels:
         raise ValueError(

@@ -3,8 +3,9 @@
 transformers' stock pipeline works with C-GSPN models as is, but it applies a softmax unless
 "siglip" is in `model_type`, pads text to the longest label (SigLIP text towers need max-length
 padding), and fails deep inside the tokenizer on an empty label list. This subclass validates the
-labels, pads for SigLIP text towers as SigLIP does, and turns logits into probabilities the way
-the model was trained: independent sigmoids for `loss_type="sigmoid"`, a softmax otherwise.
+labels and the hypothesis template, pads for SigLIP text towers to their own context length, and
+turns logits into probabilities the way the model was trained: independent sigmoids for
+`loss_type="sigmoid"`, a softmax otherwise.
 
     pipe = pipeline("zero-shot-image-classification", model=folder,
                     pipeline_class=CGSPNZeroShotImageClassificationPipeline)
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import torch
 from transformers import ZeroShotImageClassificationPipeline
+
+from .tokenization import text_padding
 
 
 class CGSPNZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeline):
@@ -27,10 +30,13 @@ class CGSPNZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeli
         bad = [label for label in candidate_labels if not isinstance(label, str) or not label.strip()]
         if bad:
             raise ValueError(f"candidate_labels must be non-blank strings, got {bad}")
-        text_config = getattr(self.model.config, "text_config", None)
-        if "siglip" in str(getattr(text_config, "model_type", "")) and kwargs.get("tokenizer_kwargs") is None:
-            # SigLIP text towers pool the last token and were trained on max-length padded text
-            kwargs["tokenizer_kwargs"] = {"padding": "max_length", "max_length": 64, "truncation": True}
+        template = kwargs.get("hypothesis_template", "This is a photo of {}.")
+        if template.count("{}") != 1:
+            raise ValueError(
+                f"hypothesis_template needs exactly one '{{}}' placeholder for the label, got {template!r}"
+            )
+        if kwargs.get("tokenizer_kwargs") is None:
+            kwargs["tokenizer_kwargs"] = {**text_padding(self.model.config), "truncation": True}
         return super().preprocess(image, candidate_labels=list(candidate_labels), **kwargs)
 
     def postprocess(self, model_outputs):

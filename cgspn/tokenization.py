@@ -215,6 +215,16 @@ def clip_image_processor(
     )
 
 
+def text_padding(config) -> dict:
+    """Tokenizer padding for a dual encoder's text tower (``config.text_config``): SigLIP text towers pool the last
+    token and were trained on text padded to their full context (``max_position_embeddings``); others pad to the
+    longest text."""
+    text_config = getattr(config, "text_config", None)
+    if "siglip" in str(getattr(text_config, "model_type", "")):
+        return {"padding": "max_length", "max_length": text_config.max_position_embeddings}
+    return {"padding": True}
+
+
 def build_processor(tokenizer, image_size: int = 224, **image_kwargs) -> CLIPProcessor:
     """A `CLIPProcessor`: `clip_image_processor(image_size, **image_kwargs)` + ``tokenizer``.
 
@@ -235,4 +245,5 @@ __all__ = [
     "clip_tokenizer_from_open_clip_vocab",
     "open_clip_bpe_path",
     "small_clip_tokenizer",
+    "text_padding",
 ]

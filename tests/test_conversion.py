@@ -479,6 +479,17 @@ def test_propagation_init_passes_constant_inputs():
     torch.testing.assert_close(propagate_ref(z, g), z, atol=1e-6, rtol=0)
 
 
+def test_propagation_init_stays_on_the_teacher_device():
+    """Every init tensor is built on the attention weights' device ("meta" stands in for a GPU here): a teacher on
+    CUDA used to get its bias summed with a CPU tensor."""
+    from cgspn.conversion.init import init_propagation_from_attention
+
+    attention = {name: torch.randn(8, 8, device="meta") for name in ("v_proj.weight", "out_proj.weight")}
+    attention.update({name: torch.randn(8, device="meta") for name in ("v_proj.bias", "out_proj.bias")})
+    init = init_propagation_from_attention(attention, channels=4, grid=(2, 2))
+    assert {name: tensor.device.type for name, tensor in init.items()} == dict.fromkeys(init, "meta")
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # (v) the CLI
 # ------------------------------------------------------------------------------------------------------------------

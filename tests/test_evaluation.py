@@ -22,6 +22,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SemanticSegmenterOutput
 
+from cgspn import CGSPNVisionConfig, CGSPNVisionModel
 from cgspn.data import load_image_dataset
 from cgspn.demo import make_shapes_dataset
 from cgspn.evaluation import evaluate_segmentation, evaluate_zero_shot, load_metric
@@ -395,6 +396,10 @@ def test_cli_zero_shot_end_to_end(tiny_clip, processor, demo, tmp_path, capsys):
     assert "model folder" in capsys.readouterr().err
     assert main(["zero-shot", "--model", str(data_dir), "--data", str(data_dir), "--no-progress"]) == 2
     assert "config.json" in capsys.readouterr().err
+    vision = CGSPNVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    CGSPNVisionModel(vision).save_pretrained(tmp_path / "vision_only")
+    assert main(["zero-shot", "--model", str(tmp_path / "vision_only"), "--data", str(data_dir), "--no-progress"]) == 2
+    assert "vision-only model (cgspn_vision_model)" in capsys.readouterr().err
     # A hub id with HF_HUB_OFFLINE=1 (set in conftest) and no cached copy: a clear message, no retries.
     assert main(["zero-shot", "--model", str(model_dir), "--data", "nobody/no-such-dataset", "--no-progress"]) == 2
     assert "Offline" in capsys.readouterr().err

@@ -88,10 +88,39 @@ def test_config_defaults_and_round_trip(tmp_path, tester):
         (dict(num_attention_heads=5), "divisible by num_attention_heads"),
         (dict(propagation_backend="fast"), "propagation_backend must be one of"),
         (dict(num_hidden_layers=0), "num_hidden_layers must be >= 1"),
+        (dict(layer_norm_eps=-1.0), r"layer_norm_eps must be > 0, got -1.0"),
+        (dict(attention_dropout=1.5), r"attention_dropout must be in \[0, 1\], got 1.5"),
+        (dict(image_size=2), r"image_size \(2\) must be >= patch_size \(4\)"),
+        (dict(num_labels=0), "num_labels must be >= 1, got 0"),
+        (dict(num_channels=0), "num_channels must be >= 1, got 0"),
+        (dict(hidden_act="nope"), "hidden_act must be one of .*'gelu'.*got 'nope'"),
+        (dict(initializer_range=-0.1), "initializer_range must be >= 0"),
     ],
 )
 def test_invalid_config_raises_clear_error(tester, overrides, message):
     with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tester.get_config(**overrides)
+
+
+def test_shallower_config_copied_from_a_deeper_one_explains_backbone_outputs(tester):
+    deep = tester.get_config(num_hidden_layers=3).to_dict()
+    assert deep["out_features"] == ["stage3"]  # the default: the last block
+    with pytest.raises(ValueError, match=r"\['stage3', 3\] name blocks beyond num_hidden_layers=2"):
+        CGSPNVisionConfig.from_dict({**deep, "num_hidden_layers": 2, "attention_layer_indices": []})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden_size="32"), "hidden_size must be an integer, got '32'"),
+        (dict(attention_layer_indices=[0.5]), r"attention_layer_indices must be a list of block indices"),
+        (dict(num_prefix_tokens=1.5), "num_prefix_tokens must be an integer, got 1.5"),
+        (dict(layer_norm_eps="small"), "layer_norm_eps must be a number"),
+        (dict(propagation_channels=8.0), "propagation_channels must be an integer or None"),
+    ],
+)
+def test_config_field_of_the_wrong_type_raises(tester, overrides, message):
+    with pytest.raises(TypeError, match=message):
         tester.get_config(**overrides)
 
 
@@ -229,6 +258,13 @@ def test_bad_pixel_values_raise(tester, shape, message):
     model = make_model(CGSPNVisionModel, tester.get_config())
     with pytest.raises(ValueError, match=message):
         model(torch.randn(shape))
+
+
+def test_integer_pixel_values_are_rejected(tester):
+    model = make_model(CGSPNVisionModel, tester.get_config())
+    raw = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"floating-point tensor .* got torch.uint8"):
+        model(raw)
 
 
 def test_bf16_forward_runs_and_stays_close(tester):

@@ -101,6 +101,7 @@ def test_two_processes_match_one_process(folders, tmp_path, stage, extra):
     env = {
         **os.environ,
         "ACCELERATE_USE_CPU": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # two gloo CPU processes on any machine (a 1-GPU host cannot run --multi_gpu 2)
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
@@ -122,7 +123,7 @@ def test_two_processes_match_one_process(folders, tmp_path, stage, extra):
     assert any(not torch.equal(one[key], initial[key]) for key in one)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_3"]
     assert (tmp_path / "two" / "README.md").is_file()
 
 

@@ -44,10 +44,10 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)
-    # checkpoints: saved at steps 2, 3 (stop), 4, 6 with the last two kept, numbered on after the resume
+    # checkpoints: saved at steps 2, 3 (stop), 4, 6 (named by step) with the last two kept
     names = sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir())
-    assert names == ["checkpoint_2", "checkpoint_3"]
-    assert latest_checkpoint(tmp_path / "split").name == "checkpoint_3"
+    assert names == ["checkpoint_4", "checkpoint_6"]
+    assert latest_checkpoint(tmp_path / "split").name == "checkpoint_6"
     assert (latest_checkpoint(tmp_path / "split") / "model.safetensors").is_file()
     # resuming a finished run trains nothing and writes no new checkpoint
     again = _run(tmp_path / "split", resume=True)

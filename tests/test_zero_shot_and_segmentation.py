@@ -91,10 +91,10 @@ def test_pipeline_scores_match_the_model(zero_shot_folder):
     classifier = pipeline("zero-shot-image-classification", model=str(zero_shot_folder))
     image = real_images()[0]
     result = classifier(image, candidate_labels=LABELS, hypothesis_template="{}")
-    inputs = classifier.tokenizer(LABELS, padding=True, return_tensors="pt")
+    inputs = classifier.tokenizer(LABELS, padding=True, return_tensors="pt").to(classifier.device)
     pixel_values = classifier.image_processor(images=[image], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        logits = classifier.model(**inputs, pixel_values=pixel_values).logits_per_image[0]
+        logits = classifier.model(**inputs, pixel_values=pixel_values.to(classifier.device)).logits_per_image[0]
     expected = dict(zip(LABELS, logits.softmax(-1).tolist(), strict=True))
     for entry in result:
         assert entry["score"] == pytest.approx(expected[entry["label"]], abs=1e-6)
@@ -290,8 +290,9 @@ def test_remote_code_segmentation_model(tmp_path):
     assert report["max_diff"] == 0.0
 
 
-def test_cgspn_pipeline_pads_text_for_siglip_text_towers(tmp_path):
-    tokenizer = small_clip_tokenizer([*LABELS, "this is a photo of"], vocab_size=600, model_max_length=64)
+@pytest.mark.parametrize("context", [16, 64, 128])
+def test_cgspn_pipeline_pads_text_for_siglip_text_towers(tmp_path, context):
+    tokenizer = small_clip_tokenizer([*LABELS, "this is a photo of"], vocab_size=600, model_max_length=context)
     text = tiny_text_config(tokenizer, model_type="siglip_text_model")
     torch.manual_seed(0)
     model = CGSPNModel(CGSPNConfig(vision_config=tiny_vision(), text_config=text)).eval()
@@ -302,11 +303,21 @@ def test_cgspn_pipeline_pads_text_for_siglip_text_towers(tmp_path):
     )
     image = real_images()[0]
     result = classifier(image, candidate_labels=LABELS, hypothesis_template="{}")
-    # SigLIP text pools the last token: the pipeline must pad to 64 as SigLIP does, and score with sigmoids
-    inputs = classifier.tokenizer(LABELS, padding="max_length", max_length=64, return_tensors="pt")
+    # SigLIP text pools the last token: the pipeline must pad to the tower's own context, and score with sigmoids
+    inputs = classifier.tokenizer(LABELS, padding="max_length", max_length=context, return_tensors="pt")
     pixel_values = classifier.image_processor(images=[image], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        logits = model(**inputs, pixel_values=pixel_values).logits_per_image[0]
-    expected = dict(zip(LABELS, torch.sigmoid(logits).tolist(), strict=True))
+        outputs = classifier.model(**inputs.to(classifier.device), pixel_values=pixel_values.to(classifier.device))
+    expected = dict(zip(LABELS, torch.sigmoid(outputs.logits_per_image[0]).tolist(), strict=True))
     for entry in result:
         assert entry["score"] == pytest.approx(expected[entry["label"]], abs=1e-6)
+
+
+def test_cgspn_pipeline_rejects_a_template_without_placeholder(zero_shot_folder):
+    classifier = pipeline(
+        "zero-shot-image-classification",
+        model=str(zero_shot_folder),
+        pipeline_class=CGSPNZeroShotImageClassificationPipeline,
+    )
+    with pytest.raises(ValueError, match="hypothesis_template needs exactly one"):
+        classifier(real_images()[0], candidate_labels=LABELS, hypothesis_template="a photo")

@@ -36,7 +36,7 @@ def value_output_factors(
     """Rank-``rank`` factors of the value-output map ``A = W_O W_V`` (torch Linear convention, ``y = A x``).
 
     Returns ``down.weight`` (rank x C), ``down.bias`` (zeros), ``up.weight`` (C x rank) and ``up.bias``
-    (``W_O b_V + b_O``), in the input dtype; the SVD runs in float64.
+    (``W_O b_V + b_O``), in the input dtype and on the input device; the SVD runs in float64.
     """
     width = v_weight.shape[1]
     if not 1 <= rank <= width:
@@ -47,26 +47,28 @@ def value_output_factors(
     root = singular[:rank].sqrt()
     down = root[:, None] * right_t[:rank]
     up = left[:, :rank] * root[None, :]
-    bias = torch.zeros(out_weight.shape[0], dtype=torch.float64)
+    bias = torch.zeros(out_weight.shape[0], dtype=torch.float64, device=out_weight.device)
     if v_bias is not None:
         bias = bias + out_weight.double() @ v_bias.double()
     if out_bias is not None:
         bias = bias + out_bias.double()
     return {
         "down.weight": down.to(dtype),
-        "down.bias": torch.zeros(rank, dtype=dtype),
+        "down.bias": torch.zeros(rank, dtype=dtype, device=v_weight.device),
         "up.weight": up.to(dtype),
         "up.bias": bias.to(dtype),
     }
 
 
-def propagation_heads_init(channels: int, grid: tuple[int, int], dtype: torch.dtype = torch.float32):
+def propagation_heads_init(
+    channels: int, grid: tuple[int, int], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+):
     """Weight (20 Cc x Cc, zeros) and bias (20 Cc) of the heads Linear, as documented in the module docstring."""
     height, width = grid
-    bias = torch.zeros(NUM_DIRECTIONS, NUM_FIELDS, channels, dtype=dtype)
+    bias = torch.zeros(NUM_DIRECTIONS, NUM_FIELDS, channels, dtype=dtype, device=device)
     bias[:, LAMBDA] = 1.0
     bias[:, U] = 1.0 / (height + width + 2)
-    weight = torch.zeros(NUM_DIRECTIONS * NUM_FIELDS * channels, channels, dtype=dtype)
+    weight = torch.zeros(NUM_DIRECTIONS * NUM_FIELDS * channels, channels, dtype=dtype, device=device)
     return {"heads.weight": weight, "heads.bias": bias.reshape(-1)}
 
 
@@ -88,7 +90,8 @@ def init_propagation_from_attention(
         attention.get("v_proj.bias"),
         attention.get("out_proj.bias"),
     )
-    return {**factors, **propagation_heads_init(channels, grid, attention["v_proj.weight"].dtype)}
+    value = attention["v_proj.weight"]
+    return {**factors, **propagation_heads_init(channels, grid, value.dtype, value.device)}
 
 
 __all__ = ["init_propagation_from_attention", "propagation_heads_init", "value_output_factors"]

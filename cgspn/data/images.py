@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .decoding import decode_image, to_rgb
+
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
     from transformers import ProcessorMixin
@@ -198,9 +200,17 @@ def processor_size_kwargs(processor: BaseImageProcessor, image_size: int | None)
     return {"size": square}
 
 
+def _as_rgb(image: Any) -> Any:
+    """Decode stored images (``{"bytes", "path"}``, paths) and convert PIL images to RGB; arrays pass through."""
+    if isinstance(image, (dict, str, os.PathLike)):
+        image = decode_image(image)
+    return to_rgb(image) if hasattr(image, "convert") else image
+
+
 def pixel_values(image_processor: BaseImageProcessor, images: Sequence, **kwargs: Any) -> torch.Tensor:
-    """``(B, 3, H, W)`` pixel values of PIL images (converted to RGB) through ``image_processor``."""
-    images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
+    """``(B, 3, H, W)`` pixel values of images (PIL images, or stored bytes/paths decoded with the file named in any
+    error; high-bit-depth grayscale rescaled, then RGB) through ``image_processor``."""
+    images = [_as_rgb(image) for image in images]
     return image_processor(images=images, return_tensors="pt", **kwargs)["pixel_values"]
 
 
@@ -233,9 +243,9 @@ def prepare_dataset(
 
     column = find_image_column(dataset, image_column)
     dataset = dataset.select_columns([column])
-    feature = (dataset.features or {}).get(column)
-    if feature is not None and not isinstance(feature, Image):
-        dataset = dataset.cast_column(column, Image())  # paths or {"bytes", "path"} structs
+    if (dataset.features or {}).get(column) is not None:
+        # paths, {"bytes", "path"} structs or images, decoded by the transform (errors name the file)
+        dataset = dataset.cast_column(column, Image(decode=False))
     transform = ImageTransform(processor, column, image_size)
     if isinstance(dataset, IterableDataset):
         if shuffle_buffer > 1:

@@ -105,6 +105,18 @@ def _check_model(model: str) -> None:
         raise FileNotFoundError(f"model folder {model} does not exist")
 
 
+def _check_dual_encoder(model: str, trust_remote_code: bool) -> None:
+    """Zero-shot needs a text tower: say so for a vision-only folder (the tokenizer lookup blames sentencepiece)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    if getattr(config, "text_config", None) is None:
+        raise ValueError(
+            f"{model} holds a vision-only model ({config.model_type}); zero-shot classification needs a dual encoder "
+            "with a text tower and its tokenizer, e.g. a folder written by `cgspn convert` from a CLIP/SigLIP teacher"
+        )
+
+
 def run_zero_shot(args: argparse.Namespace) -> dict:
     """Load model, processor and data as described by parsed CLI arguments and run `evaluate_zero_shot`."""
     from transformers import AutoModel
@@ -114,6 +126,7 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
     from .zero_shot import evaluate_zero_shot
 
     _check_model(args.model)
+    _check_dual_encoder(args.model, args.trust_remote_code)
     metadata = read_dataset_metadata(args.data) or {}
     class_names = _read_list(args.class_names) or metadata.get("class_names")
     templates = args.templates or _read_list(args.templates_file) or metadata.get("templates") or DEFAULT_TEMPLATES

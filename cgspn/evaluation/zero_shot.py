@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import DEFAULT_TEMPLATES, check_templates, pixel_values, require_columns
+from ..tokenization import text_padding
 from .metrics import load_metric
 
 
@@ -46,16 +47,6 @@ def model_device_dtype(model, device: str | torch.device | None = None) -> tuple
     return torch.device(device), dtype
 
 
-def _text_padding(model) -> dict:
-    # SigLIP text towers were trained on max-length padded text (as transformers' zero-shot pipeline does).
-    config = getattr(model, "config", None)
-    text_config = getattr(config, "text_config", None)
-    model_types = (str(getattr(config, "model_type", "")), str(getattr(text_config, "model_type", "")))
-    if any("siglip" in model_type for model_type in model_types):
-        return {"padding": "max_length", "max_length": text_config.max_position_embeddings}
-    return {"padding": True}
-
-
 @torch.no_grad()
 def zero_shot_classifier(
     model,
@@ -75,7 +66,10 @@ def zero_shot_classifier(
     chunks = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenizer(
-            prompts[start : start + batch_size], truncation=True, return_tensors="pt", **_text_padding(model)
+            prompts[start : start + batch_size],
+            truncation=True,
+            return_tensors="pt",
+            **text_padding(getattr(model, "config", None)),
         )
         tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         chunks.append(F.normalize(as_embeddings(model.get_text_features(**tokens)).float(), dim=-1))

@@ -4,6 +4,7 @@
 - :mod:`~cgspn.training.losses`: stage-1 sublayer MSE; stage-2 MSE + lam*KL through MLP adaptors.
 - :mod:`~cgspn.training.stages`: stage-1 / stage-2 tasks (teacher targets, trainable modules).
 - :mod:`~cgspn.training.trainer`: the Accelerate loop, checkpoints, resume, export, push to hub.
+- :mod:`~cgspn.training.checkpointing`: crash-safe (write, flush, rename) checkpoints and exports; resume fall-back.
 - :mod:`~cgspn.training.recipes`: stage 1, stage 2 and the high-resolution curriculum end to end.
 - :mod:`~cgspn.training.cli`: ``cgspn-train {stage1,stage2,curriculum}``.
 

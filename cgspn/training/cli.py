@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 
 from .defaults import RECIPE_NAMES
 from .trainer import MIXED_PRECISION, SCHEDULERS, TrainingArguments
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2", "curriculum")
 
@@ -107,7 +110,10 @@ def _add_common(parser: argparse.ArgumentParser, stage: str) -> None:
     run.add_argument("--stop-after-steps", type=int, help="end this run after N steps (schedule of --max-steps)")
     run.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the exported student to this hub repo")
     run.add_argument("--hub-private", action="store_true")
-    run.add_argument("--hub-token", help="hub token (default: the logged-in one)")
+    run.add_argument(
+        "--hub-token",
+        help="hub token; visible to other users of the machine in `ps`: prefer `hf auth login` or HF_TOKEN",
+    )
 
     loss = parser.add_argument_group("stage options")
     if stage == "stage1":
@@ -196,6 +202,19 @@ def training_arguments(namespace: argparse.Namespace) -> TrainingArguments:
     return TrainingArguments(**values)
 
 
+def check_output_dir(namespace: argparse.Namespace) -> None:
+    """Refuse an ``--output-dir`` that is the ``--teacher`` or ``--student`` folder: the export would replace the
+    model that ``--resume`` needs to start from."""
+    output_dir = Path(namespace.output_dir).resolve()
+    for flag in ("teacher", "student"):
+        source = getattr(namespace, flag)
+        if source and Path(source).resolve() == output_dir:
+            raise SystemExit(
+                f"--output-dir {namespace.output_dir} is the --{flag} folder: the export would overwrite the {flag} "
+                "that the run (and any --resume) starts from; choose another --output-dir"
+            )
+
+
 def run(namespace: argparse.Namespace) -> int:
     """Load models and data as the namespace says and run its stage."""
     from ..conversion import load_cgspn_model, load_teacher_and_processor, student_from_teacher
@@ -204,6 +223,12 @@ def run(namespace: argparse.Namespace) -> int:
 
     args = training_arguments(namespace)
     args.validate()
+    if args.hub_token:
+        logger.warning(
+            "--hub-token is visible to other users of this machine (e.g. in `ps`); prefer `hf auth login` or the "
+            "HF_TOKEN environment variable"
+        )
+    check_output_dir(namespace)
     teacher, processor = load_teacher_and_processor(namespace.teacher) if namespace.teacher else (None, None)
     if namespace.student is not None:
         student = load_cgspn_model(namespace.student)

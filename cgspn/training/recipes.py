@@ -26,7 +26,7 @@ from torch import nn
 from ..data import resized_processor
 from .defaults import STAGE2_LOSSES, check_recipe
 from .stages import FeatureTask, SublayerTask, frozen_copy, vision_tower
-from .trainer import DistillationTrainer, TrainingArguments, TrainResult, push_folder_to_hub, write_model_card
+from .trainer import DistillationTrainer, TrainingArguments, TrainResult, export_student, push_folder_to_hub
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,17 @@ def _phase_dir(output_dir: str | Path, index: int, resolution: int) -> Path:
     return Path(output_dir) / f"phase{index}_res{resolution}"
 
 
+def _finished_phase(model_class: type[nn.Module], phase_dir: Path) -> nn.Module | None:
+    """The exported student of a finished curriculum phase; ``None`` (with a warning if unreadable) otherwise."""
+    if not (phase_dir / "model.safetensors").is_file():
+        return None
+    try:
+        return model_class.from_pretrained(str(phase_dir))
+    except Exception as error:  # any unreadable export: re-run the phase from its checkpoints
+        logger.warning("The export in %s cannot be loaded (%s); resuming that phase", phase_dir, error)
+        return None
+
+
 def distill_curriculum(
     teacher: nn.Module | None,
     student: nn.Module,
@@ -126,9 +137,9 @@ def distill_curriculum(
     for index in range(start, len(resolutions)):
         resolution = resolutions[index]
         phase_dir = _phase_dir(args.output_dir, index, resolution)
-        if args.resume and (phase_dir / "model.safetensors").is_file():
+        finished = _finished_phase(type(student), phase_dir) if args.resume else None
+        if finished is not None:
             logger.info("Phase %d (%d px) already finished; loading its student", index, resolution)
-            finished = type(student).from_pretrained(str(phase_dir))
             vision_tower(student).load_state_dict(vision_tower(finished).state_dict())
             continue
         if index == 0:
@@ -161,13 +172,13 @@ def _export_final(student, args: TrainingArguments, results, card_info, resoluti
     state = PartialState()
     if state.is_main_process:
         output_dir = Path(args.output_dir)
-        student.save_pretrained(str(output_dir), safe_serialization=True)
-        if processor is not None:
-            processor.save_pretrained(str(output_dir))
         losses = [loss for result in results for loss in result.losses]
         steps = sum(result.global_step for result in results)
         info = {**(card_info or {}), "resolutions": list(resolutions)}
-        write_model_card(student, output_dir, "curriculum", args.resolved("stage2"), steps, losses, info)
+        width = vision_tower(student).config.hidden_size
+        export_student(
+            student, output_dir, "curriculum", args.resolved("stage2", width), steps, losses, info, processor
+        )
         if args.push_to_hub:
             push_folder_to_hub(output_dir, args.push_to_hub, args.hub_private, args.hub_token)
     state.wait_for_everyone()

@@ -2,14 +2,15 @@
 
 Runs unchanged on one CPU, one GPU or under ``accelerate launch`` (DDP, FSDP, DeepSpeed from ``accelerate
 config``): mixed precision, gradient accumulation, AdamW with a warm-up schedule from transformers, tqdm on the
-main process, Accelerate trackers, ``save_state`` checkpoints keeping the last K, bit-exact ``resume`` and a
-``save_pretrained`` export with a model card (tap adaptors are not exported).
+main process, Accelerate trackers, crash-safe ``save_state`` checkpoints keeping the last K
+(:mod:`~cgspn.training.checkpointing`), bit-exact ``resume`` and an atomic ``save_pretrained`` export with a model
+card (tap adaptors are not exported).
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,15 +20,37 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..model_card import write_model_card as _write_card
+from ..model_card import write_model_card
+from .checkpointing import (
+    CHECKPOINT_DIR,
+    EXPORT_TMP,
+    checkpoints_to_try,
+    complete_checkpoints,
+    export_atomically,
+    legacy_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .defaults import RECIPE_NAMES, check_recipe, stage_defaults
 
 logger = logging.getLogger(__name__)
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-CHECKPOINT_DIR = "checkpoints"
-EXPORT_IGNORE = [f"{CHECKPOINT_DIR}/**", "logs/**", "phase*/**"]
+EXPORT_IGNORE = [f"{CHECKPOINT_DIR}/**", "logs/**", "phase*/**", f"{EXPORT_TMP}/**"]
+# Settings a checkpoint fixes: the restored optimizer and schedule keep theirs, and the data order depends on them.
+RESUME_SETTINGS = (
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "per_device_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+)
 
 
 class DistillationTask(Protocol):
@@ -113,18 +136,11 @@ class TrainingArguments:
 
 @dataclass
 class TrainState:
-    """Loop position saved with every checkpoint (registered with ``accelerator.register_for_checkpointing``)."""
+    """Loop position, saved as JSON in every checkpoint's ``train_state.json``."""
 
     global_step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        for name, value in state.items():
-            setattr(self, name, int(value))
 
 
 @dataclass
@@ -142,10 +158,8 @@ class TrainResult:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoints/checkpoint_<i>`` folder of a run, or ``None``."""
-    folder = Path(output_dir) / CHECKPOINT_DIR
-    candidates = [p for p in folder.glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+", p.name)]
-    return max(candidates, key=lambda p: int(p.name.split("_")[1]), default=None)
+    """The newest complete ``checkpoints/checkpoint_<step>`` folder of a run, or ``None``."""
+    return next(iter(complete_checkpoints(output_dir)), None)
 
 
 def _trackers(report_to: str) -> list[str] | None:
@@ -156,6 +170,25 @@ def _trackers(report_to: str) -> list[str] | None:
     if report_to == "auto":
         return ["tensorboard"] if is_tensorboard_available() else None
     return [name.strip() for name in report_to.split(",") if name.strip()]
+
+
+def release_conflicting_state(cpu: bool, mixed_precision: str) -> None:
+    """Forget the accelerate state of an earlier single-process run in this process when its device or precision
+    differs from this run's (e.g. a GPU run, then a ``--cpu`` one): accelerate refuses to change an initialized state
+    ("AcceleratorState has already been initialized"), or keeps a ``--cpu`` run's CPU device for a later GPU run.
+    Distributed states are kept (accelerate then explains the conflict itself)."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    state = AcceleratorState._shared_state
+    if not state or state.get("distributed_type") != DistributedType.NO:
+        return
+    wants_cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    on_cpu = state["device"].type == "cpu"
+    other_device = (wants_cpu and not on_cpu) or (not wants_cpu and on_cpu and torch.accelerator.is_available())
+    if other_device or state.get("_mixed_precision") != mixed_precision:
+        logger.info("Resetting the accelerate state of an earlier run (device %s)", state["device"])
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -204,17 +237,14 @@ class DistillationTrainer:
         self.processor = processor
         output_dir = Path(self.args.output_dir)
         self.trackers = [*(_trackers(self.args.report_to) or []), *(trackers or [])]
+        release_conflicting_state(self.args.cpu, self.args.mixed_precision)
         self.accelerator = Accelerator(
             cpu=self.args.cpu,
             mixed_precision=self.args.mixed_precision,
             gradient_accumulation_steps=self.args.gradient_accumulation_steps,
             log_with=self.trackers or None,
-            project_config=ProjectConfiguration(
-                project_dir=str(output_dir),
-                logging_dir=str(output_dir / "logs"),
-                automatic_checkpoint_naming=True,
-                total_limit=self.args.save_total_limit,
-            ),
+            # Checkpoint naming and rotation are ours (atomic, rotation after the new one is complete).
+            project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=self.args.seed),
             # One scheduler step per optimizer step, whatever the number of processes.
             step_scheduler_with_optimizer=False,
@@ -262,17 +292,68 @@ class DistillationTrainer:
         )
         return optimizer, scheduler
 
+    def _run_settings(self) -> dict[str, Any]:
+        settings = {name: getattr(self.args, name) for name in RESUME_SETTINGS}
+        return {**settings, "num_processes": self.accelerator.num_processes}
+
+    def _save(self, state: TrainState) -> None:
+        record = {**asdict(state), "stage": self.task.name, "max_steps": self.args.max_steps}
+        record["settings"] = self._run_settings()
+        save_checkpoint(self.accelerator, self.args.output_dir, record, self.args.save_total_limit)
+        self._last_saved_step = state.global_step
+
+    def _check_resumable(self, checkpoint: Path, saved: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another stage, or one whose fixed settings (:data:`RESUME_SETTINGS`) differ."""
+        if saved.get("stage") != self.task.name:
+            raise ValueError(
+                f"--resume: {checkpoint} holds a {saved.get('stage')} run and this is {self.task.name}; "
+                "resume it with the same stage, or choose another --output-dir"
+            )
+        changed = [
+            f"{name} {saved['settings'].get(name)!r} -> {value!r}"
+            for name, value in self._run_settings().items()
+            if saved["settings"].get(name) != value
+        ]
+        if changed:
+            raise ValueError(
+                f"--resume continues {checkpoint} with its own optimizer, schedule and data order, but these "
+                f"settings differ from it: {', '.join(changed)}. Pass the saved values, or start a new run in another "
+                "--output-dir"
+            )
+        if saved["max_steps"] != self.args.max_steps:
+            logger.warning(
+                "--resume with max_steps %d (the checkpointed run had %d): the %s schedule is recomputed for %d steps",
+                self.args.max_steps,
+                saved["max_steps"],
+                self.args.lr_scheduler,
+                self.args.max_steps,
+            )
+
     def _resume(self, state: TrainState) -> bool:
-        """Load the latest checkpoint (models, optimizer, scheduler, RNG, loop position); False if there is none."""
-        checkpoint = latest_checkpoint(self.args.output_dir)
-        if checkpoint is None:
-            logger.warning("--resume: no checkpoint under %s; starting from scratch", self.args.output_dir)
-            return False
-        self.accelerator.load_state(str(checkpoint))
-        # load_state does not restore the automatic-naming counter: continue after the loaded checkpoint.
-        self.accelerator.project_configuration.iteration = int(checkpoint.name.split("_")[1]) + 1
-        logger.info("Resumed from %s at step %d", checkpoint, state.global_step)
-        return True
+        """Load the newest loadable complete checkpoint (models, optimizer, scheduler, RNG; loop position from JSON);
+        False if there is none."""
+        output_dir = self.args.output_dir
+        tried = []
+        for checkpoint in checkpoints_to_try(output_dir):
+            tried.append(checkpoint.name)
+            saved = load_checkpoint(self.accelerator, checkpoint, self._check_resumable)
+            if saved is None:
+                continue
+            for name in ("global_step", "epoch", "batches_in_epoch"):
+                setattr(state, name, int(saved[name]))
+            logger.info("Resumed from %s at step %d", checkpoint, state.global_step)
+            return True
+        if tried:
+            raise RuntimeError(
+                f"--resume: none of the checkpoints {tried} in {output_dir} can be loaded (see the warnings above)"
+            )
+        if legacy_checkpoints(output_dir):
+            raise ValueError(
+                f"--resume: {output_dir} holds only checkpoints of an earlier cgspn version, whose pickled loop "
+                "position is never loaded; start a new run in another --output-dir"
+            )
+        logger.warning("--resume: no complete checkpoint under %s; starting from scratch", output_dir)
+        return False
 
     def train(self) -> TrainResult:
         """Run until ``max_steps`` (or ``stop_after_steps`` more steps), checkpoint, export, push."""
@@ -283,11 +364,10 @@ class DistillationTrainer:
         )
         self.task.teacher.to(accelerator.device)
         state = TrainState()
-        accelerator.register_for_checkpointing(state)
         self._last_saved_step = -1
         if args.resume and self._resume(state):
             self._last_saved_step = state.global_step
-        elif args.save_outputs and latest_checkpoint(args.output_dir) is not None:
+        elif args.save_outputs and (complete_checkpoints(args.output_dir) or legacy_checkpoints(args.output_dir)):
             raise FileExistsError(
                 f"{args.output_dir} already holds checkpoints of an earlier run: pass --resume to continue it, "
                 "or choose another --output-dir"
@@ -311,7 +391,7 @@ class DistillationTrainer:
         export_dir = None
         if args.save_outputs:
             if self._last_saved_step != state.global_step:
-                accelerator.save_state()
+                self._save(state)
             export_dir = self.export(module, state.global_step, losses) if finished else None
         accelerator.end_training()
         return TrainResult(
@@ -379,12 +459,12 @@ class DistillationTrainer:
                     logs.update({k: accelerator.reduce(v.float(), "mean").item() for k, v in parts.items()})
                     accelerator.log(logs, step=state.global_step)
                 if args.save_outputs and args.save_steps and state.global_step % args.save_steps == 0:
-                    accelerator.save_state()
-                    self._last_saved_step = state.global_step
+                    self._save(state)
                 if state.global_step >= stop_at:
                     break
             else:
-                if not seen_any:
+                # Nothing left after the skipped batches: the checkpoint was saved on the epoch's last batch.
+                if not seen_any and not state.batches_in_epoch:
                     raise ValueError("The data loader yielded no batch (dataset smaller than one batch?)")
                 state.epoch += 1
                 state.batches_in_epoch = 0
@@ -392,8 +472,8 @@ class DistillationTrainer:
         return losses
 
     def export(self, module: nn.Module, global_step: int, losses: list[float]) -> str:
-        """``save_pretrained`` the student (without adaptors) and the processor into ``output_dir`` with a model card;
-        push if asked."""
+        """``save_pretrained`` the student (without adaptors) and the processor atomically into ``output_dir`` with a
+        model card; push if asked."""
         from .stages import vision_tower
 
         accelerator = self.accelerator
@@ -404,17 +484,16 @@ class DistillationTrainer:
             student = self.task.student_model
             tower_state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
             vision_tower(student).load_state_dict(tower_state)
-            student.save_pretrained(str(output_dir), safe_serialization=True)
-            if self.processor is not None:
-                self.processor.save_pretrained(str(output_dir))
-            write_model_card(student, output_dir, self.task.name, self.args, global_step, losses, self.card_info)
+            export_student(
+                student, output_dir, self.task.name, self.args, global_step, losses, self.card_info, self.processor
+            )
             if self.args.push_to_hub:
                 push_folder_to_hub(output_dir, self.args.push_to_hub, self.args.hub_private, self.args.hub_token)
         accelerator.wait_for_everyone()
         return str(output_dir)
 
 
-def write_model_card(
+def export_student(
     student: nn.Module,
     output_dir: str | Path,
     stage: str,
@@ -422,8 +501,11 @@ def write_model_card(
     global_step: int,
     losses: list[float],
     info: dict[str, Any],
+    processor=None,
 ) -> Path:
-    """Write ``README.md`` (`cgspn.model_card`) with how the student was distilled; adaptors are not exported."""
+    """``save_pretrained`` the student and its ``processor`` into ``output_dir`` atomically (see
+    ``export_atomically``), with a model card (`cgspn.model_card`) saying how it was distilled; adaptors are not
+    exported. Local paths (teacher, data, ...) appear in the card as their folder names only."""
     settings = {
         "distillation": f"`cgspn-train {stage}` (SPEC §4); tap adaptors not included",
         "steps": global_step,
@@ -431,12 +513,27 @@ def write_model_card(
         "batch per device x accumulation": f"{args.per_device_batch_size} x {args.gradient_accumulation_steps}",
         "mixed precision": args.mixed_precision,
         "final loss": f"{losses[-1]:.6g}" if losses else "n/a",
-        **{k: str(v) for k, v in info.items() if k != "teacher" and isinstance(v, (str, int, float, bool, list))},
+        **{
+            k: _portable(v) if isinstance(v, str) else str(v)
+            for k, v in info.items()
+            if k != "teacher" and isinstance(v, (str, int, float, bool, list))
+        },
     }
-    teacher = info.get("teacher") if isinstance(info.get("teacher"), str) else None
-    return _write_card(
-        student, output_dir, repo_id=args.push_to_hub or str(output_dir), teacher=teacher, extra_rows=settings
-    )
+    teacher = _portable(info["teacher"]) if isinstance(info.get("teacher"), str) else None
+    repo_id = args.push_to_hub or Path(args.output_dir).name
+
+    def write(folder: Path) -> None:
+        student.save_pretrained(str(folder), safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(str(folder))
+        write_model_card(student, folder, repo_id=repo_id, teacher=teacher, extra_rows=settings)
+
+    return export_atomically(output_dir, write)
+
+
+def _portable(value: str) -> str:
+    """A local path as its last component (files for users hold no local paths); other values unchanged."""
+    return Path(value).name if os.path.isabs(value) or os.path.exists(value) else value
 
 
 def push_folder_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
@@ -463,7 +560,7 @@ __all__ = [
     "TrainState",
     "TrainingArguments",
     "enable_gradient_checkpointing",
+    "export_student",
     "latest_checkpoint",
     "push_folder_to_hub",
-    "write_model_card",
 ]
