@@ -33,13 +33,12 @@ from typing import Any
 import torch
 
 from .configuration_cgspn import HUB_KERNEL_REPO_ID, HUB_KERNEL_VERSION
-from .propagation import BackendUnavailableError, PropagateFn
+from .propagation import LAYER_NAME, BackendUnavailableError, PropagateFn
 
 ENV_LOCAL_PATH = "CGSPN_KERNEL_PATH"
 ENV_CACHE = "CGSPN_KERNEL_CACHE"
 ENV_HUB_REPO = "CGSPN_KERNEL_REPO"
 ENV_HUB_VERSION = "CGSPN_KERNEL_VERSION"
-LAYER_NAME = "CGSPNPropagation"
 UNIVERSAL = "torch-universal"
 PACKAGED_SOURCES = Path(__file__).resolve().parent / "_kernels"  # wheel installs (see setup.py)
 CHECKOUT_SOURCES = Path(__file__).resolve().parents[1] / "kernels_src"
@@ -243,7 +242,8 @@ def layer_repository(device_type: str, hub: tuple[str, int] | None) -> tuple[Any
 
 def kernel_mapping(device_type: str, hub: tuple[str, int] | None) -> dict[str, dict]:
     """``kernels`` mapping of ``CGSPNPropagation`` on ``device_type`` for every mode (inference, training,
-    torch.compile); empty, after one warning, when no kernel fits the device."""
+    torch.compile). When no kernel fits the device: one warning, and a mapping without that device, so
+    ``kernelize`` keeps the layers' own forward without a warning per layer."""
     kernels = import_kernels()
     repository, source = layer_repository(device_type, hub)
     if repository is None:
@@ -252,7 +252,7 @@ def kernel_mapping(device_type: str, hub: tuple[str, int] | None) -> dict[str, d
             device_type,
             source,
         )
-        return {}
+        return {LAYER_NAME: {}}
     logger.info("C-GSPN use_kernels: CGSPNPropagation layers on %s use the kernel from %s", device_type, source)
     mode = kernels.Mode
     modes = (mode.INFERENCE, mode.TRAINING, mode.INFERENCE | mode.TORCH_COMPILE, mode.TRAINING | mode.TORCH_COMPILE)

@@ -42,6 +42,7 @@ DEFAULT_AUTO_ORDER = ("torch",)
 # Fast backends: module (imported by name, so remote code does not require it) exposing
 # ``load_backend(name) -> PropagateFn``.
 KERNEL_LOADER = "cgspn.kernel_loader"
+LAYER_NAME = "CGSPNPropagation"  # the name the model's propagation layer is registered under for kernelize
 FAST_BACKEND_MODULES = {"triton": KERNEL_LOADER, "cuda": KERNEL_LOADER, "hub": KERNEL_LOADER}
 
 _backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("cgspn_backend", default=None)
@@ -120,7 +121,7 @@ def kernel_mapping(device_type: str, hub_kernel: tuple[str, int]) -> dict:
         loader = importlib.import_module(KERNEL_LOADER)
     except ImportError as error:
         logger.warning("C-GSPN use_kernels needs the installed cgspn package (%s); the layers keep their forward", error)
-        return {}
+        return {LAYER_NAME: {}}
     return loader.kernel_mapping(device_type, hub_kernel)
 
 
