@@ -22,12 +22,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
-import logging
 from typing import Any
 
 import torch
@@ -163,13 +163,14 @@ def cuda_build() -> Path:
 def load_build(folder: Path, backend: str) -> ModuleType:
     """Import a build folder with ``kernels.get_local_kernel`` and check it is the ``backend`` variant."""
     module = import_kernels().get_local_kernel(folder)
-    if module.BACKEND != backend:
-        raise BackendUnavailableError(f"the build at {folder} is the {module.BACKEND!r} variant, not {backend!r}")
+    variant_backend = getattr(module, "BACKEND", None)
+    if variant_backend != backend:
+        raise BackendUnavailableError(f"the build at {folder} is the {variant_backend!r} variant, not {backend!r}")
     return module
 
 
 def hub_kernel() -> tuple[str, int]:
-    """(repo id, version) of the hub kernel: ``$CGSPN_KERNEL_REPO`` / ``$CGSPN_KERNEL_VERSION`` or the pinned default."""
+    """(repo id, version) of the hub kernel: ``$CGSPN_KERNEL_REPO`` / ``$CGSPN_KERNEL_VERSION``, else the pinned one."""
     version = os.environ.get(ENV_HUB_VERSION, str(HUB_KERNEL_VERSION))
     if not version.isdigit():
         raise BackendUnavailableError(f"${ENV_HUB_VERSION} must be a kernel version number (e.g. 1), got {version!r}")

@@ -120,7 +120,9 @@ def kernel_mapping(device_type: str, hub_kernel: tuple[str, int]) -> dict:
     try:
         loader = importlib.import_module(KERNEL_LOADER)
     except ImportError as error:
-        logger.warning("C-GSPN use_kernels needs the installed cgspn package (%s); the layers keep their forward", error)
+        logger.warning(
+            "C-GSPN use_kernels needs the installed cgspn package (%s); the layers keep their forward", error
+        )
         return {LAYER_NAME: {}}
     return loader.kernel_mapping(device_type, hub_kernel)
 

@@ -143,7 +143,9 @@ def test_no_kernel_fits_one_message_and_the_reference(saved_model, host_calls, m
         actual = model(pixel_values=pixels()).last_hidden_state
     assert len(host_calls) == 2
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-    messages = [r.getMessage() for r in caplog.records if "CGSPNPropagation" in r.getMessage() or "C-GSPN" in r.getMessage()]
+    messages = [
+        r.getMessage() for r in caplog.records if "CGSPNPropagation" in r.getMessage() or "C-GSPN" in r.getMessage()
+    ]
     assert len(messages) == 1, messages
     assert "no propagation kernel fits cpu tensors" in messages[0] and "TRITON_INTERPRET" in messages[0]
 

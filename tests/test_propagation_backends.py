@@ -207,7 +207,9 @@ def test_cuda_backend_without_build_names_the_folder(fresh_dispatcher, monkeypat
     monkeypatch.setenv("CGSPN_KERNEL_PATH", str(tmp_path / "explicit"))
     monkeypatch.setenv("CGSPN_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("cgspn.kernel_loader.kernel_sources", lambda: tmp_path / "sources")
-    with pytest.raises(BackendUnavailableError, match=r"no local build found for variant torch.*explicit.*kernels build"):
+    with pytest.raises(
+        BackendUnavailableError, match=r"no local build found for variant torch.*explicit.*kernels build"
+    ):
         load_backend("cuda")
 
 

@@ -118,7 +118,9 @@ def test_kernelize_swaps_the_layer(universal_repo, num_prefix, training):
     x = torch.randn(2, num_prefix + 3 * 4, 12, device=DEVICE, requires_grad=True)
     expected = model(x, 3, 4)
     expected_grads = torch.autograd.grad(expected.sum(), [x, *model.parameters()])
-    mapping = {"CGSPNPropagation": {DEVICE: kernels.LocalLayerRepository(universal_repo, layer_name="CGSPNPropagation")}}
+    mapping = {
+        "CGSPNPropagation": {DEVICE: kernels.LocalLayerRepository(universal_repo, layer_name="CGSPNPropagation")}
+    }
     with kernels.use_kernel_mapping(mapping):
         mode = kernels.Mode.TRAINING if training else kernels.Mode.INFERENCE
         kernels.kernelize(model, mode=mode, device=DEVICE, use_fallback=False)

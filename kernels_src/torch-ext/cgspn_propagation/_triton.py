@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ._layout import NUM_DIRECTIONS, NUM_FIELDS, WEIGHT_EPS
+
 # the same numbers as compile-time constants for the kernels
 _DIRECTIONS = tl.constexpr(NUM_DIRECTIONS)
 _FIELDS = tl.constexpr(NUM_FIELDS)
