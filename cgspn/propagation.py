@@ -101,7 +101,7 @@ def backend_from_config(name: str) -> str:
     validate_backend_name(name)
     if name != "hub":
         return name
-    if not _warned_hub_config:
+    if not _warned_hub_config and os.environ.get(ENV_VAR) != "hub":
         _warned_hub_config.append(name)
         logger.warning(
             "config.propagation_backend='hub' does not fetch remote native code by itself; using 'auto'. "
