@@ -176,21 +176,25 @@ def test_kernel_config_with_the_local_kernel_repo(saved_model, host_calls, monke
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_saved_hub_backend_never_fetches(monkeypatch, caplog):
-    """A config.json saying "hub" does not call kernels.get_kernel: it acts as "auto", with a warning."""
+def test_saved_hub_backend_never_fetches(tmp_path, monkeypatch, caplog):
+    """A downloaded config.json saying "hub" does not call kernels.get_kernel: it acts as "auto", with a warning."""
+    from cgspn import propagation
 
     def fail(*args, **kwargs):
         raise AssertionError("a saved config made the model fetch remote native code")
 
+    CGSPNVisionModel(tiny_config(propagation_backend="hub")).save_pretrained(tmp_path / "downloaded")
+    assert json.loads((tmp_path / "downloaded" / "config.json").read_text())["propagation_backend"] == "hub"
     monkeypatch.setattr(kernels, "get_kernel", fail)
     monkeypatch.delenv("CGSPN_PROPAGATION_BACKEND", raising=False)
-    monkeypatch.setattr("cgspn.propagation._warned_hub_config", [])
+    monkeypatch.setattr(propagation, "_loaded", {"torch": propagation.propagate_ref})
+    monkeypatch.setattr(propagation, "_warned_hub_config", [])
     caplog.set_level("WARNING")
-    model = CGSPNVisionModel(tiny_config(propagation_backend="hub")).to(DEVICE).eval()
+    model = AutoModel.from_pretrained(tmp_path / "downloaded").to(DEVICE).eval()
     with torch.no_grad():
         model(pixel_values=pixels())
+    assert "hub" not in propagation._loaded
     assert any("does not fetch remote native code" in r.getMessage() for r in caplog.records)
-    assert model.config.kernel_version == HUB_KERNEL_VERSION
 
 
 def make_hub_snapshot(cache: Path) -> Path:
