@@ -35,6 +35,8 @@ import torch
 from .configuration_cgspn import HUB_KERNEL_REPO_ID, HUB_KERNEL_VERSION
 from .propagation import LAYER_NAME, BackendUnavailableError, PropagateFn
 
+logger = logging.getLogger(__name__)
+
 ENV_LOCAL_PATH = "CGSPN_KERNEL_PATH"
 ENV_CACHE = "CGSPN_KERNEL_CACHE"
 ENV_HUB_REPO = "CGSPN_KERNEL_REPO"
@@ -42,7 +44,6 @@ ENV_HUB_VERSION = "CGSPN_KERNEL_VERSION"
 UNIVERSAL = "torch-universal"
 PACKAGED_SOURCES = Path(__file__).resolve().parent / "_kernels"  # wheel installs (see setup.py)
 CHECKOUT_SOURCES = Path(__file__).resolve().parents[1] / "kernels_src"
-logger = logging.getLogger(__name__)
 BUILD_HINT = "build it with `cgspn kernels build` (or `python kernels_src/build.py` in a checkout)"
 
 
@@ -241,6 +242,16 @@ def layer_repository(device_type: str, hub: tuple[str, int] | None) -> tuple[Any
     return None, "; ".join(reasons)
 
 
+@functools.cache
+def warn_no_kernel(device_type: str, reasons: str) -> None:
+    """Say once (per device type and reasons) that ``use_kernels`` keeps the layers' own forward."""
+    logger.warning(
+        "C-GSPN use_kernels: no propagation kernel fits %s tensors (%s); the layers keep their own forward",
+        device_type,
+        reasons,
+    )
+
+
 def kernel_mapping(device_type: str, hub: tuple[str, int] | None) -> dict[str, dict]:
     """``kernels`` mapping of ``CGSPNPropagation`` on ``device_type`` for every mode (inference, training,
     torch.compile). When no kernel fits the device: one warning, and a mapping without that device, so
@@ -248,11 +259,7 @@ def kernel_mapping(device_type: str, hub: tuple[str, int] | None) -> dict[str, d
     kernels = import_kernels()
     repository, source = layer_repository(device_type, hub)
     if repository is None:
-        logger.warning(
-            "C-GSPN use_kernels: no propagation kernel fits %s tensors (%s); the layers keep their own forward",
-            device_type,
-            source,
-        )
+        warn_no_kernel(device_type, source)
         return {LAYER_NAME: {}}
     logger.info("C-GSPN use_kernels: CGSPNPropagation layers on %s use the kernel from %s", device_type, source)
     mode = kernels.Mode
