@@ -132,6 +132,32 @@ def test_use_kernels_torch_compile_mode(saved_model, host_calls):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_use_kernels_mapping_on_cuda_prefers_local_then_pinned_hub_then_triton(tmp_path, monkeypatch):
+    """The CUDA entry for every mode: the compiled build, else the hub kernel pinned by version, else Triton."""
+    mode = kernels.Mode
+    modes = {mode.INFERENCE, mode.TRAINING, mode.INFERENCE | mode.TORCH_COMPILE, mode.TRAINING | mode.TORCH_COMPILE}
+    hub = ("someone/cgspn-propagation", 3)
+
+    def repositories():
+        entry = kernel_loader.kernel_mapping("cuda", hub)["CGSPNPropagation"]["cuda"]
+        assert set(entry) == modes and len(set(map(id, entry.values()))) == 1
+        return next(iter(entry.values()))
+
+    monkeypatch.setattr(kernel_loader, "cuda_build", lambda: tmp_path / "cuda-variant")
+    assert isinstance(repositories(), kernels.LocalLayerRepository)
+
+    def no_build():
+        raise kernel_loader.BackendUnavailableError("no build")
+
+    monkeypatch.setattr(kernel_loader, "cuda_build", no_build)
+    pinned = repositories()
+    assert isinstance(pinned, kernels.LayerRepository) and str(pinned).startswith("`someone/cgspn-propagation`")
+    assert "version 3" in str(pinned)
+    monkeypatch.setattr(kernel_loader, "triton_unavailable_reason", lambda device: None)
+    repository, source = kernel_loader.layer_repository("cuda", None)  # no opt-in: never the hub
+    assert isinstance(repository, kernels.LocalLayerRepository) and source == str(kernel_loader.universal_build())
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU without Triton's interpreter")
 def test_no_kernel_fits_one_message_and_the_reference(saved_model, host_calls, monkeypatch, caplog):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # Triton can no longer run CPU tensors
