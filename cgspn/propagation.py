@@ -92,7 +92,13 @@ def load_backend(name: str) -> PropagateFn:
                 f"Propagation backend {name!r} needs the installed cgspn package with its fast "
                 f"kernels ({FAST_BACKEND_MODULES[name]}): {error}"
             ) from error
-        _loaded[name] = module.load_backend(name)
+        try:
+            _loaded[name] = module.load_backend(name)
+        except RuntimeError as error:
+            # run as a saved model's remote code, this file's error class differs from the package's one
+            if isinstance(error, BackendUnavailableError) or type(error).__name__ != "BackendUnavailableError":
+                raise
+            raise BackendUnavailableError(str(error)) from error
     return _loaded[name]
 
 

@@ -275,6 +275,33 @@ def test_hub_kernel_loads_offline_through_get_kernel(tmp_path):
     assert report["info"] == {"source": f"{HUB_KERNEL_REPO_ID}@v{HUB_KERNEL_VERSION}", "available": True}
 
 
+REMOTE_SCRIPT = """
+import json, sys
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+remote = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".propagation"]
+print(json.dumps({"remote": remote.__name__, "cuda": remote.available_backends("cuda")}))
+"""
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the fallback on a machine without CUDA")
+def test_remote_code_with_the_package_installed_falls_back(saved_model, tmp_path):
+    """Remote code whose fast backends come from the installed package treats its errors as its own."""
+    env = {
+        **os.environ,
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PYTHONPATH": str(REPO),
+        "TRITON_INTERPRET": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(saved_model)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not report["remote"].startswith("cgspn.")
+    assert report["cuda"] == ["torch"]
+
+
 def test_build_toml_and_config_pin_the_same_hub_kernel():
     general = kernel_loader.build_script().build_config()  # kernels_src/build.toml [general]
     assert general["hub"]["repo-id"] == HUB_KERNEL_REPO_ID
