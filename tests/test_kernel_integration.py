@@ -226,7 +226,7 @@ def test_saved_hub_backend_never_fetches(tmp_path, monkeypatch, caplog):
 
 
 def make_hub_snapshot(cache: Path) -> Path:
-    """A hub-layout snapshot of the Triton build in a kernels cache: refs/v1 -> snapshots/<commit>/build/."""
+    """A hub-layout snapshot of the Triton build in a Hugging Face cache: refs/v1 -> snapshots/<commit>/build/."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo_folder = cache / ("kernels--" + HUB_KERNEL_REPO_ID.replace("/", "--"))
     (repo_folder / "refs").mkdir(parents=True)
@@ -254,15 +254,16 @@ print(json.dumps(report))
 @pytest.mark.skipif(HAS_CUDA, reason="the snapshot holds the Triton build only: on CUDA the hub gives the CUDA build")
 def test_hub_kernel_loads_offline_through_get_kernel(tmp_path):
     """The real get_kernel(repo, version=1) path, offline, from a populated cache, opted in by the environment."""
-    snapshot = make_hub_snapshot(tmp_path / "kernels-cache")
+    snapshot = make_hub_snapshot(tmp_path / "hf-cache")
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
-        "KERNELS_CACHE": str(tmp_path / "kernels-cache"),
+        "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
         "CGSPN_PROPAGATION_BACKEND": "hub",
         "TRITON_INTERPRET": "1",
         "PYTHONPATH": str(REPO),
     }
+    env.pop("KERNELS_CACHE", None)  # kernels would look there instead of the HF cache
     config = tiny_config().to_diff_dict()
     config["propagation_backend"] = "hub"
     result = subprocess.run(
