@@ -147,18 +147,6 @@ def test_triton_interpreter_deterministic():
 
 
 @cpu_triton
-def test_triton_opcheck():
-    ops = triton_kernel()
-    z, g, dy = random_inputs((1, 3, 4, 2), torch.float32, "cpu", seed=7)
-    z.requires_grad_()
-    g.requires_grad_()
-    torch.library.opcheck(ops.propagate_fwd, (z, g, True))
-    torch.library.opcheck(ops.propagate_fwd, (z.detach(), g.detach(), False))
-    states = ops.propagate_fwd(z.detach(), g.detach(), True)[1]
-    torch.library.opcheck(ops.propagate_bwd, (dy, z.detach(), g.detach(), states))
-
-
-@cpu_triton
 def test_triton_torch_compile_smoke():
     fn = load_backend("triton")
     compiled = torch.compile(lambda z, g: fn(z, g) * 2, backend="aot_eager", fullgraph=True)
