@@ -190,8 +190,10 @@ def bench_op(backend: str, grid: int, copy_gbs: float) -> dict:
 
 def bench_triton_configs(grid: int) -> dict:
     """Forward time (ms) of the Triton kernel for a few (BLOCK_M, BLOCK_C, num_warps) choices."""
-    from cgspn.ops.triton import _propagate_fwd, launch_config
+    from cgspn.kernel_loader import load_build, universal_build
 
+    launch = load_build(universal_build(), "triton")._triton
+    _propagate_fwd, launch_config = launch._propagate_fwd, launch.launch_config
     z = torch.randn(BATCH, grid, grid, PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
     g = 2 * torch.randn(BATCH, grid, grid, 20 * PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
     results = {"default": "BLOCK_M={},BLOCK_C={},warps={}".format(*launch_config(BATCH, grid, grid, 64, z.device))}

@@ -12,6 +12,9 @@ from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 PROPAGATION_BACKENDS = ("auto", "hub", "cuda", "triton", "torch")
+# The hub kernel (kernels_src/build.toml: [general.hub] repo-id and version), pinned by version.
+HUB_KERNEL_REPO_ID = "cgspn/propagation"
+HUB_KERNEL_VERSION = 1
 POOLINGS = ("map", "cls", "mean")
 SEGMENTATION_HEADS = ("linear", "multiscale")
 # Written into every saved config so a folder loads as `trust_remote_code` hub code with each Auto class.
@@ -110,7 +113,14 @@ class CGSPNVisionConfig(BackboneConfigMixin, PreTrainedConfig):
     qkv_bias (`bool`, *optional*, defaults to `True`):
         Bias of the hybrid layers' query/key/value projections.
     propagation_backend (`str`, *optional*, defaults to `"auto"`):
-        Backend of the propagation operator: one of `"auto"`, `"hub"`, `"cuda"`, `"triton"`, `"torch"`.
+        Backend of the propagation operator: one of `"auto"`, `"hub"`, `"cuda"`, `"triton"`, `"torch"`. A
+        saved `"hub"` never fetches remote code by itself: the hub kernel needs the user's explicit choice
+        (`use_kernels=True`, `CGSPN_PROPAGATION_BACKEND=hub` or `cgspn.use_backend("hub")`); until then it
+        acts as `"auto"`.
+    kernel_repo_id (`str`, *optional*, defaults to `"cgspn/propagation"`):
+        Hub repository of the propagation kernel that `use_kernels=True` may fetch.
+    kernel_version (`int`, *optional*, defaults to 1):
+        Kernel API version of `kernel_repo_id` (its branch `v<N>`): the hub kernel is always pinned by it.
     initializer_range (`float`, *optional*, defaults to 0.02):
         Standard deviation of the truncated normal initializer.
     semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
@@ -155,6 +165,8 @@ class CGSPNVisionConfig(BackboneConfigMixin, PreTrainedConfig):
     use_pre_layernorm: bool = False
     qkv_bias: bool = True
     propagation_backend: Literal["auto", "hub", "cuda", "triton", "torch"] = "auto"
+    kernel_repo_id: str = HUB_KERNEL_REPO_ID
+    kernel_version: int = HUB_KERNEL_VERSION
     initializer_range: float = 0.02
     semantic_loss_ignore_index: int = 255
     segmentation_head: Literal["linear", "multiscale"] = "linear"
@@ -220,6 +232,10 @@ class CGSPNVisionConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(
                 f"propagation_backend must be one of {PROPAGATION_BACKENDS}, got {self.propagation_backend!r}"
             )
+        if self.kernel_repo_id.count("/") != 1:
+            raise ValueError(f"kernel_repo_id must be a hub repository id 'owner/name', got {self.kernel_repo_id!r}")
+        if type(self.kernel_version) is not int or self.kernel_version < 1:
+            raise ValueError(f"kernel_version must be a kernel version number >= 1, got {self.kernel_version!r}")
         if self.segmentation_head not in SEGMENTATION_HEADS:
             raise ValueError(f"segmentation_head must be one of {SEGMENTATION_HEADS}, got {self.segmentation_head!r}")
 

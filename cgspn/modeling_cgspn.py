@@ -29,7 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_cgspn import CGSPNConfig, CGSPNVisionConfig
-from .propagation import propagate
+from .propagation import LAYER_NAME, backend_from_config, kernel_mapping, propagate
 
 try:  # kernels is optional for hub code: without it the layer simply keeps its own forward
     from kernels import use_kernel_forward_from_hub
@@ -149,7 +149,7 @@ class CGSPNEmbeddings(nn.Module):
         return embeddings
 
 
-@use_kernel_forward_from_hub("CGSPNPropagation")
+@use_kernel_forward_from_hub(LAYER_NAME)
 class CGSPNPropagation(nn.Module):
     """The propagation sublayer (SPEC §2): P-down, heads, 4-direction line scan, merge, P-up.
 
@@ -159,7 +159,7 @@ class CGSPNPropagation(nn.Module):
     def __init__(self, config: CGSPNVisionConfig):
         super().__init__()
         channels = config.propagation_channels
-        self.propagation_backend: str = config.propagation_backend
+        self.propagation_backend: str = backend_from_config(config.propagation_backend)
         self.down = nn.Linear(config.hidden_size, channels)
         self.heads = nn.Linear(channels, 20 * channels)
         self.up = nn.Linear(channels, config.hidden_size)
@@ -296,6 +296,27 @@ class CGSPNPreTrainedModel(PreTrainedModel):
 
     def _vision_config(self) -> CGSPNVisionConfig:
         return getattr(self.config, "vision_config", None) or self.config
+
+    def set_use_kernels(self, use_kernels, kernel_config=None, mode=None):
+        """transformers' ``use_kernels=True`` also swaps the ``CGSPNPropagation`` layers for the fused kernel.
+
+        Without a ``kernel_config`` the mapping comes from :func:`propagation.kernel_mapping`: the local
+        compiled build, else the hub kernel pinned by ``config.kernel_repo_id``/``kernel_version`` (on CUDA),
+        else the Triton build; a ``kernel_config`` given by the user is used as it is.
+        """
+        if kernel_config is not None and kernel_config.use_local_kernel:
+            # transformers 5.24's from_pretrained rewrites each entry as (path, metadata), which its own
+            # local-kernel mapping then cannot split: give it back the "path:Layer" string
+            mapping = kernel_config.kernel_mapping
+            kernel_config.kernel_mapping = {k: v[0] if isinstance(v, tuple) else v for k, v in mapping.items()}
+        if not use_kernels or kernel_config is not None:
+            return super().set_use_kernels(use_kernels, kernel_config, mode)
+        from kernels import use_kernel_mapping
+
+        config = self._vision_config()
+        mapping = kernel_mapping(self.device.type, (config.kernel_repo_id, config.kernel_version))
+        with use_kernel_mapping(mapping):
+            return super().set_use_kernels(use_kernels, kernel_config, mode)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -6,8 +6,14 @@ Backend resolution, first match wins: the ``backend`` argument (unless ``"auto"`
 ``torch``). ``auto`` logs its choice once per device type; a backend asked for by name that
 cannot be loaded raises :class:`BackendUnavailableError` saying what is missing.
 
+Remote native code is never chosen by a saved config: ``"hub"`` in ``config.propagation_backend``
+acts as ``"auto"`` (:func:`backend_from_config`); the hub kernel is fetched, pinned by version, only
+on the user's explicit choice: the ``backend`` argument, :func:`use_backend`, the environment
+variable, or transformers' ``use_kernels=True`` (:func:`kernel_mapping`).
+
 This module is flat on purpose: it travels with the model as ``trust_remote_code`` hub code.
-Fast backends live in ``cgspn.ops`` and are imported by name only when asked for.
+Fast backends live in the kernel package of ``kernels_src/``; ``cgspn.kernel_loader`` finds and
+loads its builds and is imported by name only when a fast backend is asked for.
 """
 
 from __future__ import annotations
@@ -35,11 +41,14 @@ AUTO_ORDER = {"cuda": ("cuda", "triton", "torch")}
 DEFAULT_AUTO_ORDER = ("torch",)
 # Fast backends: module (imported by name, so remote code does not require it) exposing
 # ``load_backend(name) -> PropagateFn``.
-FAST_BACKEND_MODULES = {"triton": "cgspn.ops.triton", "cuda": "cgspn.ops.hub", "hub": "cgspn.ops.hub"}
+KERNEL_LOADER = "cgspn.kernel_loader"
+LAYER_NAME = "CGSPNPropagation"  # the name the model's propagation layer is registered under for kernelize
+FAST_BACKEND_MODULES = {"triton": KERNEL_LOADER, "cuda": KERNEL_LOADER, "hub": KERNEL_LOADER}
 
 _backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("cgspn_backend", default=None)
 _loaded: dict[str, PropagateFn] = {"torch": propagate_ref}
 _auto_choice: dict[str, str] = {}
+_warned_hub_config: list[str] = []
 
 
 class BackendUnavailableError(RuntimeError):
@@ -83,8 +92,45 @@ def load_backend(name: str) -> PropagateFn:
                 f"Propagation backend {name!r} needs the installed cgspn package with its fast "
                 f"kernels ({FAST_BACKEND_MODULES[name]}): {error}"
             ) from error
-        _loaded[name] = module.load_backend(name)
+        try:
+            _loaded[name] = module.load_backend(name)
+        except RuntimeError as error:
+            # run as a saved model's remote code, this file's error class differs from the package's one
+            if isinstance(error, BackendUnavailableError) or type(error).__name__ != "BackendUnavailableError":
+                raise
+            raise BackendUnavailableError(str(error)) from error
     return _loaded[name]
+
+
+def backend_from_config(name: str) -> str:
+    """The backend a saved config may select: ``"hub"`` (remote native code) becomes ``"auto"``, with a warning."""
+    validate_backend_name(name)
+    if name != "hub":
+        return name
+    if not _warned_hub_config and os.environ.get(ENV_VAR) != "hub":
+        _warned_hub_config.append(name)
+        logger.warning(
+            "config.propagation_backend='hub' does not fetch remote native code by itself; using 'auto'. "
+            "Opt in with from_pretrained(..., use_kernels=True), %s=hub or cgspn.use_backend('hub')",
+            ENV_VAR,
+        )
+    return "auto"
+
+
+def kernel_mapping(device_type: str, hub_kernel: tuple[str, int]) -> dict:
+    """``kernels`` mapping of ``CGSPNPropagation`` for ``use_kernels=True`` on ``device_type``.
+
+    ``use_kernels=True`` is the user's explicit choice, so it may fetch ``hub_kernel`` (repo id,
+    version) where no local build fits. Empty (after one warning) when no kernel fits.
+    """
+    try:
+        loader = importlib.import_module(KERNEL_LOADER)
+    except ImportError as error:
+        logger.warning(
+            "C-GSPN use_kernels needs the installed cgspn package (%s); the layers keep their forward", error
+        )
+        return {LAYER_NAME: {}}
+    return loader.kernel_mapping(device_type, hub_kernel)
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

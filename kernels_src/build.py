@@ -1,23 +1,27 @@
-"""Build the C-GSPN propagation kernel into ``kernels_src/build/<variant>/`` for ``kernels``.
+"""Build the C-GSPN propagation kernel into ``<out>/<variant>/`` for the ``kernels`` package.
 
 kernel-builder (Nix) cannot run offline here, so this script does its job for the local torch:
 
-- ``torch-universal``: the Triton kernel (``cgspn/ops/triton.py``) as pure Python; loads on
-  CPU and CUDA torch alike (used by the CPU tests of the kernels loading/kernelize path).
-- ``torch<MM>-cxx11-cu<CC>-x86_64-linux``: the CUDA kernel (``csrc/``) compiled with
-  ``torch.utils.cpp_extension`` (ninja + nvcc) for sm_80 and sm_90.
+- ``torch-universal``: the package ``torch-ext/cgspn_propagation`` (its Triton kernel) as pure
+  Python; loads on CPU and CUDA torch alike.
+- ``torch<MM>-cxx11-cu<CC>-x86_64-linux``: the same package plus the CUDA kernel (``csrc/``)
+  compiled with ``torch.utils.cpp_extension`` (ninja + nvcc) for sm_80 and sm_90.
 
-Each variant folder holds ``metadata.json``, the ``cgspn_propagation`` package files and, for
-CUDA, the shared library ``_cgspn_propagation_cuda_<tag>.so`` whose ops live in the namespace
-``_cgspn_propagation_cuda_<tag>`` (``<tag>``: a hash of the sources, so builds never clash).
+Each variant folder holds the package files, a generated ``_ops.py`` (the ops' namespace, as
+kernel-builder writes it) and ``metadata.json`` with the digest of every file, which ``kernels``
+verifies on load. Builds are named by :func:`source_tag`, a hash of the sources: the module id
+``cgspn_propagation_<backend>_<tag>`` and the op namespace ``_cgspn_propagation_<backend>_<tag>``,
+so builds of different sources never clash in one process and a stale build is recognisable.
 
-Usage: ``python kernels_src/build.py [--universal-only | --cuda-only] [--archs 8.0 9.0]``.
+Usage: ``python kernels_src/build.py [--universal-only | --cuda-only] [--archs 8.0 9.0] [--out DIR]``.
 Then ``kernels.get_local_kernel(Path("kernels_src"))`` loads the best variant for this machine.
+Importing this module needs neither torch nor ``kernels`` (the wheel build imports it).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -28,28 +32,41 @@ import tempfile
 import time
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent
-REPO = ROOT.parent
 PACKAGE = ROOT / "torch-ext" / "cgspn_propagation"
-TRITON_SOURCE = REPO / "cgspn" / "ops" / "triton.py"
-CUDA_SOURCES = [
-    ROOT / "torch-ext" / "torch_binding.cpp",
-    ROOT / "csrc" / "propagate_api.cpp",
-    ROOT / "csrc" / "propagate_fp32.cu",
-    ROOT / "csrc" / "propagate_bf16.cu",
-    ROOT / "csrc" / "propagate_fp16.cu",
-]
-CUDA_HEADERS = [ROOT / "csrc" / name for name in ("propagate.h", "propagate_kernel.cuh", "propagate_api.h")]
+BINDING = ROOT / "torch-ext" / "torch_binding.cpp"
+CSRC = ROOT / "csrc"
 DEFAULT_ARCHS = ("8.0", "9.0")
-KERNEL_NAME = "cgspn-propagation"
+UNIVERSAL = "torch-universal"
 
 
-def source_tag(paths: list[Path], extra: str = "") -> str:
-    """Short hash of the sources (and build settings): part of op namespace and module id."""
-    digest = hashlib.sha256(extra.encode())
-    for path in sorted(paths):
-        digest.update(path.read_bytes())
+def build_config() -> dict:
+    """``[general]`` of build.toml: kernel name, version and ``hub.repo-id``."""
+    with open(ROOT / "build.toml", "rb") as file:
+        return tomllib.load(file)["general"]
+
+
+def source_files() -> list[Path]:
+    """Every source of the kernel: the Python package, the binding and ``csrc/``."""
+    return sorted([*PACKAGE.glob("*.py"), BINDING, *CSRC.iterdir()])
+
+
+def source_tag() -> str:
+    """Short hash of the kernel's sources (contents and names)."""
+    digest = hashlib.sha256()
+    for path in source_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:10]
+
+
+def module_id(backend: str) -> str:
+    """Module id of a build (``metadata.json`` ``id``): ``cgspn_propagation_<backend>_<source tag>``."""
+    return f"cgspn_propagation_{backend}_{source_tag()}"
 
 
 def torch_variant() -> str:
@@ -64,19 +81,48 @@ def torch_variant() -> str:
     return f"torch{major}{minor}-{abi}-cu{cuda}-{platform.machine()}-{platform.system().lower()}"
 
 
-def write_metadata(folder: Path, module_id: str, backend: dict) -> None:
+def file_digests(folder: Path) -> dict[str, str]:
+    """base64 SHA-256 of every file of a variant but metadata.json (the digest ``kernels`` checks)."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and relative != "metadata.json" and "__pycache__" not in path.parts:
+            digests[relative] = base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode()
+    return digests
+
+
+def write_ops(folder: Path, backend: str, imports: str = "") -> None:
+    """``_ops.py``: the op namespace of this build (kernel-builder generates the same file)."""
+    namespace = "_" + module_id(backend)
+    (folder / "_ops.py").write_text(
+        f'"""Generated by kernels_src/build.py: ops of the {backend} variant."""\n\n'
+        f"import torch\n\n{imports}"
+        f'BACKEND = "{backend}"\n'
+        f'NAMESPACE = "{namespace}"\n'
+        "ops = getattr(torch.ops, NAMESPACE)\n\n\n"
+        "def add_op_namespace_prefix(op_name: str) -> str:\n"
+        '    return f"{NAMESPACE}::{op_name}"\n'
+    )
+
+
+def finish_variant(folder: Path, backend: str, backend_info: dict) -> Path:
+    """Write ``metadata.json`` (with the files' digest) once every other file is in place."""
+    general = build_config()
     metadata = {
-        "name": KERNEL_NAME,
-        "id": module_id,
-        "version": 1,
-        "license": "Apache-2.0",
+        "name": general["name"],
+        "id": module_id(backend),
+        "version": general["version"],
+        "license": general["license"],
         "python-depends": [],
-        "backend": backend,
+        "backend": backend_info,
+        "digest": {"algorithm": "sha256", "files": file_digests(folder)},
     }
     (folder / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return folder
 
 
 def fresh_folder(folder: Path) -> Path:
+    """Empty ``folder`` holding the package's Python files."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -86,77 +132,50 @@ def fresh_folder(folder: Path) -> Path:
 
 
 def build_universal(out_dir: Path) -> Path:
-    """``torch-universal``: the Triton kernel, ops registered under a namespace of its own."""
-    tag = source_tag([TRITON_SOURCE, *PACKAGE.glob("*.py")])
-    namespace = f"_cgspn_propagation_triton_{tag}"
-    folder = fresh_folder(out_dir / "torch-universal")
-    shutil.copy2(TRITON_SOURCE, folder / "_triton.py")
-    (folder / "_ops.py").write_text(
-        '"""Generated by kernels_src/build.py: ops of the Triton (universal) variant."""\n\n'
-        "import torch\n\n"
-        "from ._triton import register_ops\n\n"
-        'BACKEND = "triton"\n'
-        f'NAMESPACE = "{namespace}"\n'
-        "register_ops(NAMESPACE)\n"
-        "ops = getattr(torch.ops, NAMESPACE)\n\n\n"
-        "def add_op_namespace_prefix(op_name: str) -> str:\n"
-        '    return f"{NAMESPACE}::{op_name}"\n'
-    )
-    write_metadata(folder, f"cgspn_propagation_triton_{tag}", {"type": "cuda"})
-    return folder
+    """``<out_dir>/torch-universal``: the package with its Triton kernel, ops defined in Python."""
+    folder = fresh_folder(Path(out_dir) / UNIVERSAL)
+    write_ops(folder, "triton")
+    return finish_variant(folder, "triton", {"type": "cuda"})
 
 
 def nvcc_include_flags() -> list[str]:
     """Extra include dirs: pip's CUDA headers (nvidia/cu13/include) when they exist."""
-    flags = []
     for entry in sys.path:
         candidate = Path(entry) / "nvidia" / "cu13" / "include"
         if candidate.is_dir():
-            flags.append(f"-I{candidate}")
-            break
-    return flags
+            return [f"-I{candidate}"]
+    return []
 
 
-def build_cuda(out_dir: Path, archs: tuple[str, ...], verbose: bool) -> Path:
-    """Compile csrc/ + torch-ext/torch_binding.cpp for ``archs`` into the torch variant folder."""
-    os.environ.setdefault("CUDA_HOME", "/usr/local/cuda-13.0" if Path("/usr/local/cuda-13.0").exists() else "")
+def build_cuda(out_dir: Path, archs: tuple[str, ...] = DEFAULT_ARCHS, verbose: bool = False) -> Path:
+    """Compile ``csrc/`` + the binding for ``archs`` into ``<out_dir>/<torch variant>``."""
+    if not os.environ.get("CUDA_HOME") and Path("/usr/local/cuda-13.0").exists():
+        os.environ["CUDA_HOME"] = "/usr/local/cuda-13.0"
     os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
     from torch.utils import cpp_extension
 
     variant = torch_variant()
-    tag = source_tag([*CUDA_SOURCES, *CUDA_HEADERS], extra=variant + ",".join(archs))
-    ext_name = f"_cgspn_propagation_cuda_{tag}"
-    work = Path(tempfile.gettempdir()) / "cgspn_kernel_build" / ext_name
+    ext_name = "_" + module_id("cuda")
+    work = Path(tempfile.gettempdir()) / "cgspn_kernel_build" / f"{ext_name}_{variant}_{'_'.join(archs)}"
     work.mkdir(parents=True, exist_ok=True)
     includes = nvcc_include_flags()
     start = time.time()
-    library = cpp_extension.load(
+    cpp_extension.load(
         name=ext_name,
-        sources=[str(s) for s in CUDA_SOURCES],
+        sources=[str(BINDING), *(str(p) for p in sorted(CSRC.iterdir()) if p.suffix in (".cpp", ".cu"))],
         extra_cflags=["-O3", "-std=c++20", *includes],
         extra_cuda_cflags=["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr", *includes],
-        extra_include_paths=[str(ROOT / "csrc")],
+        extra_include_paths=[str(CSRC)],
         build_directory=str(work),
         is_python_module=False,
         is_standalone=False,
         verbose=verbose,
     )
-    del library
     print(f"compiled {ext_name} in {time.time() - start:.0f} s", flush=True)
-    folder = fresh_folder(out_dir / variant)
+    folder = fresh_folder(Path(out_dir) / variant)
     shutil.copy2(work / f"{ext_name}.so", folder / f"{ext_name}.so")
-    (folder / "_ops.py").write_text(
-        '"""Generated by kernels_src/build.py: ops of the compiled CUDA variant."""\n\n'
-        "import torch\n\n"
-        f"from . import {ext_name}  # noqa: F401  (loads the library, registers the ops)\n\n"
-        'BACKEND = "cuda"\n'
-        f'NAMESPACE = "{ext_name}"\n'
-        "ops = getattr(torch.ops, NAMESPACE)\n\n\n"
-        "def add_op_namespace_prefix(op_name: str) -> str:\n"
-        '    return f"{NAMESPACE}::{op_name}"\n'
-    )
-    write_metadata(folder, f"cgspn_propagation_cuda_{tag}", {"type": "cuda", "archs": list(archs)})
-    return folder
+    write_ops(folder, "cuda", f"from . import {ext_name}  # noqa: F401  (loads the library, registers the ops)\n\n")
+    return finish_variant(folder, "cuda", {"type": "cuda", "archs": list(archs)})
 
 
 def main(argv: list[str] | None = None) -> None:

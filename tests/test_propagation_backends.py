@@ -37,6 +37,13 @@ CPU_SHAPES = [  # (B, H, W, Cc): H or W = 1, odd and non-square grids, Cc not a 
 ]
 
 
+def triton_kernel():
+    """The Triton (torch-universal) build of the kernel package, loaded through ``kernels``."""
+    from cgspn.kernel_loader import load_build, universal_build
+
+    return load_build(universal_build(), "triton")
+
+
 def gpu_backends() -> list[str]:
     return [name for name in propagation.available_backends("cuda") if name != "torch"] if HAS_CUDA else []
 
@@ -91,15 +98,14 @@ def test_triton_interpreter_matches_reference(shape, dtype):
 @pytest.mark.parametrize("config", [(2, 4, 1), (4, 2, 1)], ids=["chunks_of_2", "channel_blocks_of_2"])
 def test_triton_lines_in_chunks(config):
     """Lines longer than BLOCK_M are scanned in chunks; channel blocks narrower than Cc."""
-    from cgspn.ops.triton import _propagate_bwd, _propagate_fwd
-
+    launch = triton_kernel()._triton
     z, g, dy = random_inputs((1, 3, 5, 6), torch.float32, "cpu", seed=4)
-    y, states = _propagate_fwd(z, g, True, config)
-    grad_z, grad_g = _propagate_bwd(dy, z, g, states, config)
+    y, states = launch._propagate_fwd(z, g, True, config)
+    grad_z, grad_g = launch._propagate_bwd(dy, z, g, states, config)
     expected = forward_and_grads(propagate_ref, z, g, dy)
     for got, ref in zip((y, grad_z, grad_g), expected, strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(_propagate_fwd(z, g, False, config)[0], y, rtol=0, atol=0)
+    torch.testing.assert_close(launch._propagate_fwd(z, g, False, config)[0], y, rtol=0, atol=0)
 
 
 @cpu_triton
@@ -141,20 +147,6 @@ def test_triton_interpreter_deterministic():
 
 
 @cpu_triton
-def test_triton_opcheck():
-    from cgspn.ops.triton import register_ops
-
-    ops = register_ops()
-    z, g, dy = random_inputs((1, 3, 4, 2), torch.float32, "cpu", seed=7)
-    z.requires_grad_()
-    g.requires_grad_()
-    torch.library.opcheck(ops.propagate_fwd, (z, g, True))
-    torch.library.opcheck(ops.propagate_fwd, (z.detach(), g.detach(), False))
-    states = ops.propagate_fwd(z.detach(), g.detach(), True)[1]
-    torch.library.opcheck(ops.propagate_bwd, (dy, z.detach(), g.detach(), states))
-
-
-@cpu_triton
 def test_triton_torch_compile_smoke():
     fn = load_backend("triton")
     compiled = torch.compile(lambda z, g: fn(z, g) * 2, backend="aot_eager", fullgraph=True)
@@ -167,12 +159,10 @@ def test_triton_torch_compile_smoke():
 
 def test_backward_without_saved_states_recomputes():
     """propagate_bwd with empty states (forward run without saving) recomputes them."""
-    from cgspn.ops.triton import register_ops
-
     if not (HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1"):
         pytest.skip("needs CUDA or the Triton interpreter")
     device = "cuda" if HAS_CUDA else "cpu"
-    ops = register_ops()
+    ops = triton_kernel()
     z, g, dy = random_inputs((2, 4, 3, 5), torch.float32, device, seed=13)
     empty = torch.empty(0, device=device)
     saved = ops.propagate_fwd(z, g, True)[1]
@@ -202,8 +192,12 @@ def test_cuda_backend_without_device_names_the_missing_device(fresh_dispatcher):
 
 def test_cuda_backend_without_build_names_the_folder(fresh_dispatcher, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setenv("CGSPN_KERNEL_PATH", str(tmp_path))
-    with pytest.raises(BackendUnavailableError, match=r"no local build found at .*kernels_src/build.py"):
+    monkeypatch.setenv("CGSPN_KERNEL_PATH", str(tmp_path / "explicit"))
+    monkeypatch.setenv("CGSPN_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("cgspn.kernel_loader.kernel_sources", lambda: tmp_path / "sources")
+    with pytest.raises(
+        BackendUnavailableError, match=r"no local build found for variant torch.*explicit.*kernels build"
+    ):
         load_backend("cuda")
 
 
@@ -214,21 +208,24 @@ def test_missing_kernels_package_is_named(fresh_dispatcher, monkeypatch):
 
 
 def test_missing_triton_is_named(fresh_dispatcher, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "triton", None)
-    monkeypatch.delitem(sys.modules, "cgspn.ops.triton", raising=False)
-    with pytest.raises(BackendUnavailableError, match="triton"):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "triton" else object())
+    with pytest.raises(BackendUnavailableError, match="triton package is not installed"):
         load_backend("triton")
 
 
-def test_hub_backend_offline_names_repo_and_revision(fresh_dispatcher, monkeypatch):
+def test_hub_backend_offline_names_repo_and_version(fresh_dispatcher, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("CGSPN_KERNEL_REPO", "nobody/no-such-kernel")
-    monkeypatch.setenv("CGSPN_KERNEL_REVISION", "v0")
-    with pytest.raises(BackendUnavailableError, match="nobody/no-such-kernel@v0"):
+    monkeypatch.setenv("CGSPN_KERNEL_VERSION", "3")
+    with pytest.raises(BackendUnavailableError, match="nobody/no-such-kernel@v3"):
+        load_backend("hub")
+
+
+def test_hub_backend_refuses_a_moving_revision(fresh_dispatcher, monkeypatch):
+    monkeypatch.setenv("CGSPN_KERNEL_VERSION", "main")
+    with pytest.raises(BackendUnavailableError, match="must be a kernel version number"):
         load_backend("hub")
 
 
@@ -236,7 +233,7 @@ def test_named_backend_that_is_missing_raises_from_propagate(fresh_dispatcher, m
     def unavailable(name):
         raise BackendUnavailableError(f"{name} is not here")
 
-    module = __import__("cgspn.ops.hub", fromlist=["load_backend"])
+    module = __import__("cgspn.kernel_loader", fromlist=["load_backend"])
     monkeypatch.setattr(module, "load_backend", unavailable)
     z, g, _ = random_inputs((1, 2, 2, 1), torch.float32, "cpu", seed=0)
     with pytest.raises(BackendUnavailableError, match="cuda is not here"):
@@ -250,8 +247,7 @@ def test_auto_falls_back_and_logs_once(fresh_dispatcher, monkeypatch, caplog):
         tried.append(name)
         raise BackendUnavailableError(f"{name} missing")
 
-    monkeypatch.setattr(__import__("cgspn.ops.hub", fromlist=["x"]), "load_backend", fake_load)
-    monkeypatch.setitem(propagation.FAST_BACKEND_MODULES, "triton", "cgspn.ops.hub")  # make triton fail too
+    monkeypatch.setattr(__import__("cgspn.kernel_loader", fromlist=["x"]), "load_backend", fake_load)
     caplog.set_level("INFO", logger="cgspn.propagation")
     assert propagation._auto_backend(torch.device("cuda")) == "torch"
     assert propagation._auto_backend(torch.device("cuda")) == "torch"
@@ -372,14 +368,11 @@ def test_gpu_cuda_launch_shapes(overrides, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_gpu_opcheck():
-    from cgspn.ops.triton import register_ops
+    from cgspn.kernel_loader import cuda_build, load_build
 
-    op_sets = [register_ops()]
+    op_sets = [triton_kernel()]
     if "cuda" in gpu_backends():
-        from cgspn.ops.hub import load_local_kernel
-
-        kernel = load_local_kernel()
-        op_sets.append(kernel)
+        op_sets.append(load_build(cuda_build(), "cuda"))
     for ops in op_sets:
         z, g, dy = random_inputs((2, 5, 6, 8), torch.bfloat16, "cuda", seed=7)
         torch.library.opcheck(ops.propagate_fwd, (z.requires_grad_(), g.requires_grad_(), True))

@@ -1,4 +1,11 @@
-"""Autograd and fake (meta) registration for compiled ``propagate_fwd`` / ``propagate_bwd`` ops."""
+"""The one autograd glue of the ``propagate_fwd`` / ``propagate_bwd`` ops, for every variant.
+
+The compiled CUDA variant defines its ops in C++ (``torch_binding.cpp``), the Triton variant with
+``torch.library.custom_op``; both have the schemas
+``propagate_fwd(Tensor z, Tensor g, bool save_states) -> (Tensor y, Tensor states)`` and
+``propagate_bwd(Tensor dy, Tensor z, Tensor g, Tensor states) -> (Tensor dz, Tensor dg)``, and get
+their fake (meta) implementations and their backward here.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-NUM_DIRECTIONS = 4
+from ._layout import NUM_DIRECTIONS
 
 
 def register_fake_and_autograd(op_name: Callable[[str], str]) -> None:

@@ -19,25 +19,19 @@ lines through the same kind of line buffer. Storing costs the forward 16 bytes p
 (H100, 2058 px, B=32: training forward 1.61 ms against 1.31 ms for inference, CUDA backend)
 where recomputing would cost the backward a whole forward pass that writes the same states.
 
-The module registers its ops under a namespace chosen by the caller (:func:`register_ops`), so
-the same file also ships as the ``torch-universal`` variant of the kernels-hub build without
-clashing with ``cgspn::``. Importing it needs only torch and triton.
+This module holds the kernels and their launchers only: the package's ``__init__`` registers
+them as the ops of the ``torch-universal`` variant (its own namespace), and ``_autograd`` gives
+them shapes and a backward, as for the compiled CUDA ops. Importing it needs only torch and triton.
 """
 
 from __future__ import annotations
-
-import os
-from collections.abc import Callable
-from types import SimpleNamespace
 
 import torch
 import triton
 import triton.language as tl
 
-NUM_DIRECTIONS = 4
-NUM_FIELDS = 5
-WEIGHT_EPS = 1e-6
-DEFAULT_NAMESPACE = "cgspn"
+from ._layout import NUM_DIRECTIONS, NUM_FIELDS, WEIGHT_EPS
+
 # the same numbers as compile-time constants for the kernels
 _DIRECTIONS = tl.constexpr(NUM_DIRECTIONS)
 _FIELDS = tl.constexpr(NUM_FIELDS)
@@ -387,102 +381,15 @@ def _propagate_bwd(
     return _merge(dz_partials, z), dg
 
 
-# ---------------------------------------------------------------------------------------------
-# torch.library ops and autograd
-# ---------------------------------------------------------------------------------------------
-
-_registered: dict[str, SimpleNamespace] = {}
+def propagate_fwd(z: torch.Tensor, g: torch.Tensor, save_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``propagate_fwd`` op of the Triton variant: (Y, states), as the compiled CUDA op."""
+    return _propagate_fwd(z, g, save_states)
 
 
-def register_ops(namespace: str = DEFAULT_NAMESPACE) -> SimpleNamespace:
-    """Register ``<namespace>::propagate_fwd`` / ``propagate_bwd`` (once) and return the ops.
-
-    The returned namespace has ``propagate_fwd``, ``propagate_bwd`` (the custom ops) and
-    ``propagate(z, g)`` (differentiable, ``torch.compile``-friendly).
-    """
-    if namespace in _registered:
-        return _registered[namespace]
-
-    @torch.library.custom_op(f"{namespace}::propagate_fwd", mutates_args=())
-    def propagate_fwd(z: torch.Tensor, g: torch.Tensor, save_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return _propagate_fwd(z, g, save_states)
-
-    @propagate_fwd.register_fake
-    def _(z, g, save_states):
-        batch, height, width, channels = z.shape
-        shape = (NUM_DIRECTIONS, batch, height * width, channels) if save_states else (0,)
-        return torch.empty_like(z, memory_format=torch.contiguous_format), z.new_empty(shape, dtype=torch.float32)
-
-    @torch.library.custom_op(f"{namespace}::propagate_bwd", mutates_args=())
-    def propagate_bwd(
-        dy: torch.Tensor, z: torch.Tensor, g: torch.Tensor, states: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if states.numel() == 0:  # forward ran without saving: recompute the states
-            states = _propagate_fwd(z, g, True)[1]
-        return _propagate_bwd(dy, z, g, states)
-
-    @propagate_bwd.register_fake
-    def _(dy, z, g, states):
-        return (
-            torch.empty_like(z, memory_format=torch.contiguous_format),
-            torch.empty_like(g, memory_format=torch.contiguous_format),
-        )
-
-    register_autograd(propagate_fwd, propagate_bwd)
-    ops = SimpleNamespace(
-        propagate_fwd=propagate_fwd,
-        propagate_bwd=propagate_bwd,
-        propagate=make_propagate(propagate_fwd),
-    )
-    _registered[namespace] = ops
-    return ops
-
-
-def register_autograd(propagate_fwd, propagate_bwd) -> None:
-    """Attach the reverse-scan backward to a ``propagate_fwd(z, g, save_states)`` op."""
-
-    def setup_context(ctx, inputs, output):
-        z, g, _ = inputs
-        ctx.save_for_backward(z, g, output[1])
-
-    def backward(ctx, grad_y, _grad_states):
-        z, g, states = ctx.saved_tensors
-        grad_z, grad_g = propagate_bwd(grad_y.contiguous(), z, g, states)
-        return grad_z, grad_g, None
-
-    torch.library.register_autograd(propagate_fwd, backward, setup_context=setup_context)
-
-
-def make_propagate(propagate_fwd) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``propagate(z, g)`` over a forward op: saves the states only when a gradient is needed."""
-
-    def propagate(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """C-GSPN propagation ``Y = propagate(Z, G)`` (see ``cgspn.propagation_reference``)."""
-        save_states = torch.is_grad_enabled() and (z.requires_grad or g.requires_grad)
-        return propagate_fwd(z.contiguous(), g.contiguous(), save_states)[0]
-
-    return propagate
-
-
-# ---------------------------------------------------------------------------------------------
-# Backend entry point for cgspn.propagation
-# ---------------------------------------------------------------------------------------------
-
-
-def interpreter_enabled() -> bool:
-    """Whether Triton runs its CPU interpreter (``TRITON_INTERPRET=1`` before import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def load_backend(name: str = "triton") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The ``triton`` propagate function for :mod:`cgspn.propagation`, or BackendUnavailableError."""
-    from cgspn.propagation import BackendUnavailableError
-
-    if name != "triton":
-        raise BackendUnavailableError(f"cgspn.ops.triton provides the 'triton' backend, not {name!r}")
-    if not (torch.cuda.is_available() or interpreter_enabled()):
-        raise BackendUnavailableError(
-            "Propagation backend 'triton' needs a CUDA device (none found; torch.cuda.is_available() is False), "
-            "or TRITON_INTERPRET=1 set before import for Triton's CPU interpreter"
-        )
-    return register_ops(DEFAULT_NAMESPACE).propagate
+def propagate_bwd(
+    dy: torch.Tensor, z: torch.Tensor, g: torch.Tensor, states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``propagate_bwd`` op of the Triton variant: (dZ, dG); empty ``states`` are recomputed."""
+    if states.numel() == 0:  # forward ran without saving: recompute the states
+        states = _propagate_fwd(z, g, True)[1]
+    return _propagate_bwd(dy, z, g, states)
