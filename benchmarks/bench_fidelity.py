@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 import fidelity_setup as setup  # noqa: E402
 
 # Distillation budgets (stage 1 + stage 2 steps at the teacher's batch size): at most the teacher's own budget.
-DISTILL_STEPS = {"cpu": (300, 600), "gpu": (500, 1500), "smoke": (2, 2)}
+DISTILL_STEPS = {"cpu": (300, 600), "gpu": (300, 900), "smoke": (2, 2)}
 VARIANTS = {
     "default": [],
     "paper recipe": ["--recipe", "paper"],

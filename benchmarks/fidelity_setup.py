@@ -2,7 +2,8 @@
 
 Data: scikit-learn's bundled handwritten digits (UCI optical digits, 1797 real 8x8 scans of 10 classes; installs with
 ``pip install scikit-learn``, no download), upsampled to the benchmark resolution, written as an image folder
-(``train/<class>/*.png``, ``test/<class>/*.png``) that ``cgspn train --data`` and ``cgspn eval zero-shot --data`` read.
+(``train/<d>_<name>/*.png``, ``test/<d>_<name>/*.png``) that ``cgspn train --data`` and ``cgspn eval zero-shot
+--data`` read.
 
 Teachers of the three pooling kinds, trained contrastively on (image, caption) pairs:
 
@@ -57,7 +58,7 @@ class TeacherSize:
 
 SIZES = {
     "cpu": TeacherSize(32, 4, 64, 4, 4, 64, 2, steps=1200, batch_size=64),
-    "gpu": TeacherSize(64, 8, 192, 6, 6, 128, 3, steps=3000, batch_size=128, learning_rate=1e-3),
+    "gpu": TeacherSize(64, 8, 192, 6, 6, 128, 3, steps=1500, batch_size=128, learning_rate=1e-3),
     "smoke": TeacherSize(16, 4, 32, 2, 2, 32, 1, steps=4, batch_size=16),  # checks the pipeline runs, in a minute
 }
 
@@ -74,17 +75,22 @@ def write_digits(folder: Path, image_size: int, seed: int = 0) -> dict[str, int]
     )
     for split, indices in (("train", train), ("test", test)):
         for index in indices:
-            target = folder / split / CLASS_NAMES[digits.target[index]]
+            target = folder / split / class_folder(digits.target[index])
             target.mkdir(parents=True, exist_ok=True)
             image = Image.fromarray(pixels[index], mode="L").resize((image_size, image_size), Image.BICUBIC)
             image.convert("RGB").save(target / f"{index:04d}.png")
     return {"train": len(train), "test": len(test)}
 
 
+def class_folder(label: int) -> str:
+    """``"3_three"``: folder names whose sorted order (the label order of ``datasets``' imagefolder) is the digits'."""
+    return f"{label}_{CLASS_NAMES[label]}"
+
+
 def load_split(folder: Path, split: str) -> tuple[list[Image.Image], list[int]]:
     images, labels = [], []
-    for label, name in enumerate(CLASS_NAMES):
-        for path in sorted((folder / split / name).glob("*.png")):
+    for label in range(len(CLASS_NAMES)):
+        for path in sorted((folder / split / class_folder(label)).glob("*.png")):
             images.append(Image.open(path).convert("RGB"))
             labels.append(label)
     return images, labels
