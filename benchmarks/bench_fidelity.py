@@ -133,7 +133,12 @@ def prepare_teacher(kind: str, size_name: str, work: Path, data: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "log.txt"
     start = time.perf_counter()
-    teacher = setup.train_teacher(kind, size, data, folder / "teacher")
+    with log.open("a") as handle:
+        command = [sys.executable, str(HERE / "fidelity_setup.py"), kind, size_name, str(data), str(folder / "teacher")]
+        output = subprocess.run(command, stdout=subprocess.PIPE, stderr=handle, text=True)
+    if output.returncode != 0:
+        raise RuntimeError(f"training the {kind} teacher failed; see {log}:\n{log.read_text()[-3000:]}")
+    teacher = json.loads(output.stdout.strip().splitlines()[-1])
     result = {
         "spec": teacher["spec"],
         "steps": size.steps,

@@ -282,3 +282,23 @@ def train_teacher(kind: str, size: TeacherSize, data: Path, output_dir: Path, se
         processor.save_pretrained(output_dir)
         spec = f"hf:{output_dir}"
     return {"spec": spec, "size": asdict(size), "log": trainer.state.log_history}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python fidelity_setup.py KIND SIZE DATA OUTPUT``: train one teacher in its own process (transformers'
+    ``Trainer`` keeps process-wide accelerate state, so parallel teachers need separate processes); prints its spec."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("kind", choices=TEACHER_KINDS)
+    parser.add_argument("size", choices=sorted(SIZES))
+    parser.add_argument("data", type=Path)
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args(argv)
+    info = train_teacher(args.kind, SIZES[args.size], args.data, args.output)
+    print(json.dumps({"spec": info["spec"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

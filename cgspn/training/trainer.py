@@ -359,6 +359,8 @@ class DistillationTrainer:
         """Run until ``max_steps`` (or ``stop_after_steps`` more steps), checkpoint, export, push."""
         accelerator, args = self.accelerator, self.args
         optimizer, scheduler = self._optimizer_and_scheduler(self.task.module)
+        # The whole student (a dual encoder's text tower too) on the training device: it stays usable as one model.
+        self.task.student_model.to(accelerator.device)
         module, optimizer, dataloader, scheduler = accelerator.prepare(
             self.task.module, optimizer, self.dataloader, scheduler
         )
