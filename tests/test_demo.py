@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from huggingface_hub import ModelCard
 from transformers import AutoModel
 
@@ -20,10 +21,6 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
         assert summary[name]["num_examples"] == 32
     # the student replaces attention by propagation: fewer vision parameters than the teacher
     assert summary["student"]["vision_parameters"] < summary["teacher"]["vision_parameters"]
-    assert (
-        summary["student_over_teacher_top1"]
-        == summary["student"]["top1_accuracy"] / summary["teacher"]["top1_accuracy"]
-    )
     assert set(summary["timings_s"]) >= {"train teacher", "distill stage 1", "distill stage 2"}
     report = (output / "report.md").read_text()
     for figure in ("losses.png", "metrics.png", "predictions.png"):
@@ -33,8 +30,11 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     student = AutoModel.from_pretrained(output / "student")
     assert isinstance(student, CGSPNModel)
     assert student.config.vision_config.attention_layer_indices == []
-    # the README's evaluation command on the demo's own outputs
-    assert cgspn_main(["eval", "zero-shot", "--model", str(output / "student"), "--data", str(output / "data")]) == 0
+    # the README's evaluation command on the demo's own outputs reproduces the report's student figure independently
+    evaluation = output / "eval.json"
+    command = ["eval", "zero-shot", "--model", str(output / "student"), "--data", str(output / "data")]
+    assert cgspn_main([*command, "--output", str(evaluation)]) == 0
+    assert json.loads(evaluation.read_text())["top1_accuracy"] == pytest.approx(summary["student"]["top1_accuracy"])
     card = ModelCard.load(output / "student" / "README.md")
     assert (
         card.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"]
