@@ -8,8 +8,14 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.backbone_utils import BackboneConfigMixin
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig
 
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # transformers < 5.18: composite configs build their sub-configs themselves
+    SubConfigSpec = None
+
+DEFAULT_TEXT_MODEL_TYPE = "siglip_text_model"
 PROPAGATION_BACKENDS = ("auto", "hub", "cuda", "triton", "torch")
 POOLINGS = ("map", "cls", "mean")
 SEGMENTATION_HEADS = ("linear", "multiscale")
@@ -206,10 +212,13 @@ class CGSPNConfig(PreTrainedConfig):
     ```"""
 
     model_type = "cgspn"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=CGSPNVisionConfig),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_text_model"),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "vision_config": SubConfigSpec(config_class=CGSPNVisionConfig),
+            "text_config": SubConfigSpec(config_class=AutoConfig, model_type=DEFAULT_TEXT_MODEL_TYPE),
+        }
+    else:
+        sub_configs = {"vision_config": CGSPNVisionConfig, "text_config": AutoConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -220,8 +229,18 @@ class CGSPNConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:
+            self._build_sub_configs()
         super().__post_init__(**kwargs)
         self.auto_map = {**CLIP_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+
+    def _build_sub_configs(self) -> None:
+        """Dicts or `None` to config objects, as `sub_configs_defaults` does on newer transformers."""
+        if not isinstance(self.vision_config, PreTrainedConfig):
+            self.vision_config = CGSPNVisionConfig(**(self.vision_config or {}))
+        if not isinstance(self.text_config, PreTrainedConfig):
+            text = dict(self.text_config or {})
+            self.text_config = AutoConfig.for_model(text.pop("model_type", DEFAULT_TEXT_MODEL_TYPE), **text)
 
     def validate_architecture(self):
         """Reject towers whose embeddings cannot be compared (called at construction by `@strict`)."""
