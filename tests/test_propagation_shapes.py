@@ -98,6 +98,19 @@ def test_auto_choice_hands_off_too(fake_backends, monkeypatch):
     assert fake_backends == ["triton"]
 
 
+def test_hand_off_compiles_without_graph_breaks(fake_backends):
+    """Under torch.compile(fullgraph=True) the limits become guards and the warning is given while tracing."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda z, g: propagate(z, g, backend="cuda"), fullgraph=True, backend="aot_eager")
+    z, g, _ = random_inputs((1, 3, 4, 2), torch.float32, "cpu", seed=6)
+    torch.testing.assert_close(compiled(z, g), propagate_ref(z, g))
+    z, g, _ = random_inputs((1, 3, 6, 2), torch.float32, "cpu", seed=7)  # W = 6 > 4: recompiles, hands off
+    with pytest.warns(UserWarning, match="such inputs use 'triton'"):
+        torch.testing.assert_close(compiled(z, g), propagate_ref(z, g))
+    assert fake_backends == ["cuda", "triton"]
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize(
     ("dtype", "backward", "longest"),
     [
