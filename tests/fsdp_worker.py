@@ -1,8 +1,9 @@
 """FSDP2 training of a distillation stage in the units of configs/accelerate/fsdp.yaml, on CPU (gloo).
 
 accelerate does not run FSDP on CPU processes, so this applies ``fully_shard`` the way its FSDP2 plugin does
-(each named class a unit, then the root). ``torchrun --nproc_per_node 2 tests/fsdp_worker.py STAGE UNITS OUT``
-trains each rank on its half of the batch and writes the gathered trainable weights to OUT (safetensors).
+(each named class a unit, then the root). ``torchrun --standalone --nproc_per_node 2 -m tests.fsdp_worker STAGE
+UNITS OUT`` (from the repository root) trains each rank on its half of the batch and writes the gathered trainable
+weights to OUT (safetensors).
 """
 
 import contextlib
@@ -37,9 +38,12 @@ def train(task, module: nn.Module, images: torch.Tensor) -> dict[str, torch.Tens
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    trainable = [name for name, parameter in module.named_parameters() if parameter.requires_grad]  # one order
     state = module.state_dict()
-    return {name: getattr(state[name], "full_tensor", lambda n=name: state[n])().detach() for name in trainable}
+    weights = {}
+    for name, parameter in module.named_parameters():  # the same order on every rank: gathers are collectives
+        if parameter.requires_grad:
+            weights[name] = state[name].full_tensor() if hasattr(state[name], "full_tensor") else state[name]
+    return {name: tensor.detach() for name, tensor in weights.items()}
 
 
 def main(stage: str, units: str, output: str) -> None:
