@@ -4,6 +4,7 @@ matches a 1-process run with the same global batch."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,11 @@ def assert_launch_matches_one_process(
     def flags(output_dir, batch_size):
         return [f for f in _flags(folders, output_dir, batch_size, stage) if cpu or f != "--cpu"] + list(extra)
 
-    launch = [accelerate, "launch", *launch_options, "-m", "cgspn.training.cli", *flags(tmp_path / "two", 2)]
+    with socket.socket() as probe:  # a free port: launches in parallel test workers must not share 29500
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    launch = [accelerate, "launch", "--main_process_port", port, *launch_options, "-m", "cgspn.training.cli"]
+    launch += flags(tmp_path / "two", 2)
     process = subprocess.run(launch, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr[-4000:]
     assert main(flags(tmp_path / "one", 4)) == 0
