@@ -155,7 +155,7 @@ def test_gpu_every_line_length(backend, along, length, dtype):
         )
 
 
-ODD_SHAPES = [(3, 1023, 5, 33), (2, 7, 1025, 12), (32, 5, 7, 33), (1, 2049, 1, 3), (2, 449, 9, 64)]
+ODD_SHAPES = [(3, 1023, 5, 33), (2, 7, 1025, 12), (32, 5, 7, 33), (1, 2049, 1, 3), (32, 449, 9, 64)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -164,7 +164,8 @@ ODD_SHAPES = [(3, 1023, 5, 33), (2, 7, 1025, 12), (32, 5, 7, 33), (1, 2049, 1, 3
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_gpu_odd_shapes(backend, shape, dtype):
-    """Odd channels and batches with long lines; (32, 5, 7, 33) needed more than 32 channel lanes before."""
+    """Odd channels and batches with long lines. Before the launcher fitted shared memory, (32, 5, 7, 33) asked
+    for 64 channel lanes and (32, 449, 9, 64) bf16 for 240 KB of shared memory (the H200 has 227 KB)."""
     if backend not in loaded_gpu_backends():
         pytest.skip(f"backend {backend!r} not available")
     with warnings.catch_warnings():
