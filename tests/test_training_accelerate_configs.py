@@ -1,11 +1,13 @@
 """Stage 1 and stage 2 under the accelerate configs kept in configs/accelerate/ (FSDP2, DeepSpeed ZeRO-2).
 
-accelerate runs FSDP only on accelerators: a multi-process launch on CPU becomes DDP (``MULTI_CPU``) whatever
-the config says. So on CPU, FSDP2 is applied the way accelerate's plugin applies it (tests/fsdp_worker.py, torchrun,
-gloo) in the config's shard units; DeepSpeed ZeRO-2 runs through ``accelerate launch`` on CPU processes where
-deepspeed is installed (its CPU accelerator). Launches of both configs on 2 CUDA devices are marked ``gpu``.
+accelerate runs FSDP and DeepSpeed only on accelerators: a multi-process FSDP launch on CPU becomes DDP
+(``MULTI_CPU``) whatever the config says, and DeepSpeed on CPU processes is an accident of old accelerate releases
+(1.10 ran it; 1.16 counts one process and DeepSpeed's batch check fails). So on CPU, FSDP2 is applied the way
+accelerate's plugin applies it (tests/fsdp_worker.py, torchrun, gloo) in the config's shard units, and the configs
+are checked; launches of both configs on 2 CUDA devices are marked ``gpu``.
 """
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -17,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from cgspn.training import TrainingArguments
 from cgspn.training.stages import SublayerDistiller, vision_tower
 from tests.test_training_cli import assert_launch_matches_one_process, folders  # noqa: F401  (a fixture)
 from tests.test_training_utils import single_thread, tiny_pair
@@ -45,11 +48,13 @@ def test_fsdp_config_wraps_classes_that_stage1_calls_directly():
     assert called and called <= set(classes.values())
 
 
-def test_deepspeed_config_is_zero2_without_offload():
+def test_deepspeed_config_agrees_with_the_trainer_defaults():
+    """DeepSpeed clips and accumulates itself, from its config: the values must be the trainer's defaults."""
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainingArguments)}
     config = load_config("deepspeed_zero2.yaml")
-    assert config["distributed_type"] == "DEEPSPEED"
-    assert config["deepspeed_config"]["zero_stage"] == 2
-    assert config["deepspeed_config"]["gradient_clipping"] == 1.0  # the trainer's --max-grad-norm default
+    assert config["distributed_type"] == "DEEPSPEED" and config["deepspeed_config"]["zero_stage"] == 2
+    assert config["deepspeed_config"]["gradient_clipping"] == defaults["max_grad_norm"]
+    assert config["deepspeed_config"]["gradient_accumulation_steps"] == defaults["gradient_accumulation_steps"]
 
 
 def deepspeed_installed() -> bool:
@@ -61,15 +66,6 @@ def deepspeed_installed() -> bool:
 
 
 STAGES = [("stage2", []), ("stage1", ["--streaming", "--shuffle-buffer", "8"])]
-
-
-@pytest.mark.skipif(not deepspeed_installed(), reason="deepspeed is not installed")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU processes; the gpu test covers CUDA")
-@pytest.mark.usefixtures(single_thread.__name__)
-@pytest.mark.parametrize(("stage", "extra"), STAGES, ids=["stage2", "stage1"])
-def test_deepspeed_zero2_two_cpu_processes_match_one_process(folders, tmp_path, stage, extra):  # noqa: F811
-    launch = ["--config_file", str(CONFIGS / "deepspeed_zero2.yaml"), "--num_processes", "2", "--mixed_precision", "no"]
-    assert_launch_matches_one_process(folders, tmp_path, stage, launch, cpu=False, extra=extra)
 
 
 @pytest.mark.gpu
