@@ -64,6 +64,7 @@ def main(stage: str, units: str, output: str) -> None:
     weights = train(task, task.module, pixel_values().chunk(world)[rank])
     if rank == 0:
         save_file({name: tensor.contiguous() for name, tensor in weights.items()}, output)
+    dist.barrier()  # the gathers may still be in flight on ranks that never read them: finish before tearing down
     dist.destroy_process_group()
 
 
