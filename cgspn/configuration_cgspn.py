@@ -9,8 +9,14 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig
 
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # transformers < 5.18: composite configs build their sub-configs themselves
+    SubConfigSpec = None
+
+DEFAULT_TEXT_MODEL_TYPE = "siglip_text_model"
 PROPAGATION_BACKENDS = ("auto", "hub", "cuda", "triton", "torch")
 # The hub kernel (kernels_src/build.toml: [general.hub] repo-id and version), pinned by version.
 HUB_KERNEL_REPO_ID = "cgspn/propagation"
@@ -277,10 +283,13 @@ class CGSPNConfig(PreTrainedConfig):
     ```"""
 
     model_type = "cgspn"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=CGSPNVisionConfig),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_text_model"),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "vision_config": SubConfigSpec(config_class=CGSPNVisionConfig),
+            "text_config": SubConfigSpec(config_class=AutoConfig, model_type=DEFAULT_TEXT_MODEL_TYPE),
+        }
+    else:
+        sub_configs = {"vision_config": CGSPNVisionConfig, "text_config": AutoConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -291,8 +300,18 @@ class CGSPNConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:
+            self._build_sub_configs()
         super().__post_init__(**kwargs)
         self.auto_map = {**CLIP_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+
+    def _build_sub_configs(self) -> None:
+        """Dicts or `None` to config objects, as `sub_configs_defaults` does on newer transformers."""
+        if not isinstance(self.vision_config, PreTrainedConfig):
+            self.vision_config = CGSPNVisionConfig(**(self.vision_config or {}))
+        if not isinstance(self.text_config, PreTrainedConfig):
+            text = dict(self.text_config or {})
+            self.text_config = AutoConfig.for_model(text.pop("model_type", DEFAULT_TEXT_MODEL_TYPE), **text)
 
     def validate_architecture(self):
         """Reject towers whose embeddings cannot be compared (called at construction by `@strict`)."""

@@ -4,6 +4,7 @@ matches a 1-process run with the same global batch."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -91,40 +92,50 @@ def _flags(folders, output_dir, batch_size, stage="stage2"):
     ] + (["--distill-every", "2"] if stage != "stage1" else [])  # fmt: skip
 
 
+def assert_launch_matches_one_process(
+    folders, tmp_path, stage, launch_options, cpu=True, env=None, extra=(), rtol=1e-4
+):
+    """``accelerate launch LAUNCH_OPTIONS`` of 2 processes of batch 2 reaches the weights of 1 process of batch 4."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        **(env or {}),
+    }
+
+    def flags(output_dir, batch_size):
+        return [f for f in _flags(folders, output_dir, batch_size, stage) if cpu or f != "--cpu"] + list(extra)
+
+    with socket.socket() as probe:  # a free port: launches in parallel test workers must not share 29500
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    launch = [accelerate, "launch", "--main_process_port", port, *launch_options, "-m", "cgspn.training.cli"]
+    launch += flags(tmp_path / "two", 2)
+    process = subprocess.run(launch, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert main(flags(tmp_path / "one", 4)) == 0
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    initial = load_file(folders / "student" / "model.safetensors")
+    assert any(not torch.equal(one[key], initial[key]) for key in one)
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=rtol, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_3"]
+    assert (tmp_path / "two" / "README.md").is_file()
+
+
 @pytest.mark.parametrize(
     ("stage", "extra"),
     [("stage2", []), ("stage1", ["--streaming", "--shuffle-buffer", "8"])],
     ids=["stage2-map-style", "stage1-streaming"],
 )
 def test_two_processes_match_one_process(folders, tmp_path, stage, extra):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "CUDA_VISIBLE_DEVICES": "",  # two gloo CPU processes on any machine (a 1-GPU host cannot run --multi_gpu 2)
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cgspn.training.cli"]
-    process = subprocess.run(
-        launch + _flags(folders, tmp_path / "two", 2, stage) + extra,
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no"]
+    assert_launch_matches_one_process(
+        folders, tmp_path, stage, launch, env={"ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}, extra=extra
     )
-    assert process.returncode == 0, process.stderr[-4000:]
-    assert main(_flags(folders, tmp_path / "one", 4, stage) + extra) == 0
-    one = load_file(tmp_path / "one" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "model.safetensors")
-    initial = load_file(folders / "student" / "model.safetensors")
-    assert any(not torch.equal(one[key], initial[key]) for key in one)
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_3"]
-    assert (tmp_path / "two" / "README.md").is_file()
 
 
 def test_curriculum_command_with_teacher(folders, tmp_path):

@@ -77,7 +77,7 @@ def test_each_format_loads(sources, relative):
 
 @pytest.mark.parametrize("relative", ["saved_dict", "parquet", "shards"])
 def test_streaming(sources, relative, monkeypatch):
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0, raising=False)  # datasets 5+
     dataset = load_image_dataset(sources / relative, streaming=True)
     assert isinstance(dataset, datasets.IterableDataset)
     _check(dataset, size=16)

@@ -61,7 +61,7 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path):
 
 
 def test_streaming_resume_matches(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0, raising=False)  # datasets 5+
 
     def run(output_dir, **overrides):
         teacher, student = tiny_pair(num_layers=2)

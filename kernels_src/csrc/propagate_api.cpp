@@ -40,11 +40,27 @@ int next_pow2(int x) {
   return p;
 }
 
+// Position threads and positions a thread (PPT) for the shape's lanes: the fewest PPT the block allows.
+void fit_line(LaunchShape& shape, int len, int max_threads) {
+  shape.ppt = 1;
+  while (shape.ppt < 8 && ((len + shape.ppt - 1) / shape.ppt) * shape.lanes > max_threads) shape.ppt *= 2;
+  const int threads_p = (len + shape.ppt - 1) / shape.ppt;
+  const int threads = ((threads_p * shape.lanes + 31) / 32) * 32;
+  shape.threads_p = threads / shape.lanes;
+}
+
+// Shared memory of the line exchange: `line_arrays` float32 arrays (forward 1, backward 2) of two line slots.
+size_t exchange_bytes(const LaunchShape& shape, int line_arrays) {
+  return static_cast<size_t>(2) * line_arrays * shape.threads_p * shape.ppt * shape.lanes * shape.vec * sizeof(float);
+}
+
 // A block scans one (channel block, direction, batch): whole 64-channel rows when the grid
 // fills the GPU (a warp then reads whole 128-byte lines, five consecutive lines a position:
 // DRAM-friendly), halved down to 16 channels (32 bytes) while there are fewer blocks than SMs.
-// The line is spread over the block's position threads, PPT positions a thread.
-LaunchShape choose_shape(int batch, int height, int width, int channels, at::ScalarType dtype,
+// The line is spread over the block's position threads, PPT positions a thread; long lines get
+// fewer channels a block until the line exchange fits shared memory. cgspn/propagation.py's
+// cuda_max_line_length() states the lines this always fits (the dispatch hands longer ones on).
+LaunchShape choose_shape(int batch, int height, int width, int channels, at::ScalarType dtype, int line_arrays,
                          int max_block_channels = 64) {
   const int elem = static_cast<int>(c10::elementSize(dtype));
   const int full_vec = 16 / elem;
@@ -53,24 +69,29 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
   shape.vec = full_vec / vec_divisor;
   if (shape.vec < 1 || channels % shape.vec != 0) shape.vec = channels % full_vec == 0 ? full_vec : 1;
   shape.prefetch = env_int("CGSPN_CUDA_PREFETCH", 1) != 0;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const auto* device = at::cuda::getCurrentDeviceProperties();
   const int min_block_channels = std::max(shape.vec, 32 / elem);
   int block_channels = std::max(min_block_channels, std::min(next_pow2(channels), max_block_channels));
   while (block_channels > min_block_channels &&
-         static_cast<int64_t>(batch) * kDirections * ((channels + block_channels - 1) / block_channels) < sms / 2)
+         static_cast<int64_t>(batch) * kDirections * ((channels + block_channels - 1) / block_channels) <
+             device->multiProcessorCount / 2)
     block_channels /= 2;
   block_channels = std::max(shape.vec, std::min(env_int("CGSPN_CUDA_BLOCK_CHANNELS", block_channels), max_block_channels));
-  shape.lanes = std::max(1, block_channels / shape.vec);
+  shape.lanes = std::min(32, std::max(1, block_channels / shape.vec));
   const int len = std::max(height, width);
   const int max_threads = block_thread_limit(shape.vec * elem);
   while (shape.lanes > 1 && ((len + 7) / 8) * shape.lanes > max_threads) shape.lanes /= 2;  // very long lines
-  shape.ppt = 1;
-  while (shape.ppt < 8 && ((len + shape.ppt - 1) / shape.ppt) * shape.lanes > max_threads) shape.ppt *= 2;
-  const int threads_p = (len + shape.ppt - 1) / shape.ppt;
-  const int threads = ((threads_p * shape.lanes + 31) / 32) * 32;
-  shape.threads_p = threads / shape.lanes;
-  TORCH_CHECK(shape.lanes <= 32 && shape.lanes * shape.threads_p <= max_threads, "propagate: lines of ", len,
-              " positions with ", block_channels, " channels a block exceed this kernel's limits");
+  fit_line(shape, len, max_threads);
+  const size_t shared_memory = device->sharedMemPerBlockOptin;
+  while (shape.lanes > 1 && exchange_bytes(shape, line_arrays) > shared_memory) {
+    shape.lanes /= 2;
+    fit_line(shape, len, max_threads);
+  }
+  TORCH_CHECK(shape.lanes * shape.threads_p <= max_threads && exchange_bytes(shape, line_arrays) <= shared_memory,
+              "propagate: lines of ", len, " positions (", dtype, line_arrays > 1 ? ", backward" : ", forward",
+              ") exceed the CUDA kernel's limits on this device (", exchange_bytes(shape, line_arrays),
+              " bytes of shared memory a block, ", shared_memory,
+              " available); cgspn.propagation.propagate() hands such inputs to the 'triton' backend");
   return shape;
 }
 
@@ -79,7 +100,7 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
 LaunchShape choose_bwd_shape(int batch, int height, int width, int channels, at::ScalarType dtype) {
   const int elem = static_cast<int>(c10::elementSize(dtype));
   const size_t optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  LaunchShape shape = choose_shape(batch, height, width, channels, dtype);
+  LaunchShape shape = choose_shape(batch, height, width, channels, dtype, 2);
   auto smem = [&](const LaunchShape& s) {
     const size_t per_thread_slots = static_cast<size_t>(s.lanes) * s.threads_p * s.ppt * s.vec;
     return per_thread_slots * (4 * sizeof(float) + 7 * elem);
@@ -87,7 +108,7 @@ LaunchShape choose_bwd_shape(int batch, int height, int width, int channels, at:
   if (!shape.prefetch || shape.vec * elem < 8) return shape;
   for (int cap = shape.lanes * shape.vec; smem(shape) > optin && cap > 16;) {
     cap /= 2;
-    shape = choose_shape(batch, height, width, channels, dtype, cap);
+    shape = choose_shape(batch, height, width, channels, dtype, 2, cap);
   }
   shape.prefetch = smem(shape) <= optin;
   return shape;
@@ -163,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> propagate_fwd(const at::Tensor& z_in, const a
   p.channels = C;
   p.numel = z.numel();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  launch_propagate_fwd(p, choose_shape(B, H, W, C, z.scalar_type()), dtype, stream);
+  launch_propagate_fwd(p, choose_shape(B, H, W, C, z.scalar_type(), 1), dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_merge_directions(partial.data_ptr<float>(), y.data_ptr(), p.numel, dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
