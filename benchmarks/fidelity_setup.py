@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel, Trainer, TrainingArguments
+from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+from transformers.utils import ModelOutput
 
+from cgspn.demo.teacher import contrastive_trainer
 from cgspn.tokenization import build_processor, clip_tokenizer_from_open_clip_vocab, small_clip_tokenizer
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -140,14 +142,6 @@ class PairDataset(torch.utils.data.Dataset):
         }
 
 
-class ContrastiveTrainer(Trainer):
-    """`Trainer` for dual encoders whose forward returns the contrastive loss with ``return_loss=True``."""
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, return_loss=True)
-        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
-
-
 class OpenClipContrastive(nn.Module):
     """An open_clip ``CLIP`` with open_clip's own ``ClipLoss`` behind a transformers-style forward."""
 
@@ -158,9 +152,9 @@ class OpenClipContrastive(nn.Module):
         self.model = model
         self.criterion = ClipLoss()
 
-    def forward(self, pixel_values, input_ids, attention_mask=None, return_loss=True):
+    def forward(self, pixel_values, input_ids, attention_mask=None, return_loss=True) -> ModelOutput:
         image, text, scale = self.model(pixel_values, input_ids)
-        return {"loss": self.criterion(image, text, scale)}
+        return ModelOutput(loss=self.criterion(image, text, scale))
 
 
 def _text_config(size: TeacherSize, tokenizer) -> dict:
@@ -242,26 +236,11 @@ def train_teacher(kind: str, size: TeacherSize, data: Path, output_dir: Path, se
     pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     torch.manual_seed(seed)
     model = build_teacher(kind, size, tokenizer)
-    args = TrainingArguments(
-        output_dir=str(output_dir / "trainer"),
-        max_steps=size.steps,
-        per_device_train_batch_size=size.batch_size,
-        learning_rate=size.learning_rate,
-        weight_decay=0.05,
-        warmup_steps=0.1,
-        lr_scheduler_type="cosine",
-        logging_steps=50,
-        save_strategy="no",
-        report_to=[],
-        remove_unused_columns=False,
-        dataloader_drop_last=True,
-        use_cpu=not torch.cuda.is_available(),
-        seed=seed,
-        disable_tqdm=True,
-    )
-    trainer = ContrastiveTrainer(
-        model=model, args=args, train_dataset=PairDataset(pixel_values, labels, tokenizer, seed)
-    )
+    dataset = PairDataset(pixel_values, labels, tokenizer, seed)
+    trainer = contrastive_trainer(
+        model, dataset, output_dir / "trainer", size.batch_size, size.learning_rate, seed, max_steps=size.steps,
+        logging_steps=50, disable_tqdm=True,
+    )  # fmt: skip
     trainer.train()
     model.eval().cpu()
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,8 @@ def test_curriculum_upsamples_from_the_previous_phase(tmp_path, raw_images):
         resolutions=[16, 24, 32],
         batch_resolutions=[16, 24],
         distill_every=2,
+        tap_weight=1.0,  # the paper's PP/PB taps, upsampled from the previous phase
+        output_weight=0.0,
     )
     assert [r.global_step for r in results] == [12, 12]
     for result in results:

@@ -38,6 +38,30 @@ class ContrastiveTrainer(Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
+def contrastive_trainer(
+    model, train_dataset, output_dir: str | os.PathLike, batch_size: int, learning_rate: float, seed: int, **schedule
+) -> ContrastiveTrainer:
+    """A `ContrastiveTrainer` with AdamW (weight decay 0.05), 10% warm-up and cosine decay, no checkpoints;
+    ``schedule`` sets ``num_train_epochs`` or ``max_steps`` (and any other `TrainingArguments` field)."""
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=0.05,
+        warmup_steps=0.1,
+        lr_scheduler_type="cosine",
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_drop_last=True,
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+    )
+    args = TrainingArguments(**{**settings, **schedule})
+    return ContrastiveTrainer(model=model, args=args, train_dataset=train_dataset)
+
+
 def demo_processor(data: DemoData, image_size: int, max_text_length: int) -> CLIPProcessor:
     """A CLIP processor whose small tokenizer is trained on the demo's captions and prompts."""
     corpus = list(data.dataset["train"]["caption"])
@@ -113,23 +137,9 @@ def train_teacher(
     model = build_teacher(processor, image_size, settings)
 
     train = encode_pairs(processor, data.dataset["train"], settings.max_text_length)
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        weight_decay=0.05,
-        warmup_steps=0.1,
-        lr_scheduler_type="cosine",
-        logging_steps=10,
-        save_strategy="no",
-        report_to=[],
-        remove_unused_columns=False,
-        dataloader_drop_last=True,
-        use_cpu=not torch.cuda.is_available(),
-        seed=seed,
+    trainer = contrastive_trainer(
+        model, train, output_dir, settings.batch_size, settings.learning_rate, seed, num_train_epochs=settings.epochs
     )
-    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=train)
     trainer.train()
     model.eval()
     model.save_pretrained(output_dir)
