@@ -39,10 +39,9 @@ class DemoSettings:
     propagation_channels: int = 16
     stage1_steps: int = 300
     stage2_steps: int = 300
-    # the paper's rates (4e-5 / 4e-4) are for batches of 1024+ and millions of images; a few hundred steps on a
-    # tiny model need larger ones
-    stage1_learning_rate: float = 2e-3
-    stage2_learning_rate: float = 1e-3
+    # None: the default recipe's rates for the student's width (`cgspn.training.defaults`), as the CLI uses them
+    stage1_learning_rate: float | None = None
+    stage2_learning_rate: float | None = None
     distill_batch_size: int = 64
     distill_every: int = 2
     segmentation_steps: int = 120
@@ -85,7 +84,9 @@ def _masks(dataset) -> torch.Tensor:
     return torch.stack([torch.as_tensor(np.array(mask), dtype=torch.long) for mask in dataset["mask"]])
 
 
-def _distill_args(output_dir: Path, steps: int, learning_rate: float, settings: DemoSettings) -> TrainingArguments:
+def _distill_args(
+    output_dir: Path, steps: int, learning_rate: float | None, settings: DemoSettings
+) -> TrainingArguments:
     shutil.rmtree(output_dir, ignore_errors=True)  # a rerun of the demo starts over
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -227,7 +228,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings | None = None) -> di
             {
                 "teacher (sigmoid CLIP loss)": _curve(teacher_log),
                 "stage 1 (sublayer MSE)": list(enumerate(stage1.losses, 1)),
-                "stage 2 (PP/PB MSE+KL)": list(enumerate(stage2.losses, 1)),
+                "stage 2 (output distillation)": list(enumerate(stage2.losses, 1)),
                 "segmentation (student)": _curve(segmentation_logs["student"]),
             },
             output_dir / "losses.png",

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="stage", required=True)
     helps = {
         "stage1": "sublayer-wise MSE of every propagation layer against the teacher's attention",
-        "stage2": "end-to-end PP/PB feature distillation with MLP adaptors",
+        "stage2": "end-to-end distillation of the student's output (--recipe paper: PP/PB taps through MLP adaptors)",
         "curriculum": "high-resolution curriculum: each phase distills from the previous one's student",
     }
     parser.stage_parsers = {}
