@@ -86,9 +86,10 @@ def build_model_card(
 
 
 def write_model_card(model: nn.Module, folder: str | os.PathLike, **kwargs) -> Path:
-    """Write ``README.md`` (the hub model card) into ``folder``; the snippets load from ``folder`` by default."""
+    """Write ``README.md`` (the hub model card) into ``folder``; the snippets load from the folder's name by default
+    (cards hold no local absolute paths)."""
     folder = Path(folder)
-    kwargs.setdefault("repo_id", str(folder))
+    kwargs.setdefault("repo_id", folder.name)
     path = folder / "README.md"
     build_model_card(model, **kwargs).save(path)
     return path

@@ -43,7 +43,8 @@ def run_snippets(card_text: str) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["clip", "vision"])
-def test_card_metadata_and_snippets_run(tmp_path, kind, capsys):
+def test_card_metadata_and_snippets_run(tmp_path, kind, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the snippets load the folder by its name, as from the folder's parent
     folder = tmp_path / "model"
     if kind == "clip":
         model = saved_clip(folder)

@@ -246,6 +246,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings | None = None) -> di
     write_model_card(
         student,
         output_dir / "student",
+        repo_id=f"{output_dir.name}/student",
         teacher="demo SigLIP-style teacher",
         results={"zero-shot top-1": summary["student"]["top1_accuracy"], "mIoU": summary["student"]["mean_iou"]},
         dataset_name="cgspn demo shapes",
