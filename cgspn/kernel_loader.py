@@ -79,7 +79,7 @@ def import_kernels() -> ModuleType:
     try:
         import kernels
     except ImportError as error:
-        raise BackendUnavailableError(f"kernels package missing (pip install 'kernels>=0.18.2'): {error}") from error
+        raise BackendUnavailableError(f"kernels package missing (pip install 'kernels>=0.18.3'): {error}") from error
     return kernels
 
 
