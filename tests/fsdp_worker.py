@@ -7,6 +7,7 @@ weights to OUT (safetensors).
 """
 
 import contextlib
+import os
 import sys
 
 import torch
@@ -64,8 +65,12 @@ def main(stage: str, units: str, output: str) -> None:
     weights = train(task, task.module, pixel_values().chunk(world)[rank])
     if rank == 0:
         save_file({name: tensor.contiguous() for name, tensor in weights.items()}, output)
-    dist.barrier()  # the gathers may still be in flight on ranks that never read them: finish before tearing down
-    dist.destroy_process_group()
+    dist.barrier()  # the gathers may still be in flight on ranks that never read them: finish before leaving
+    # Everything is written. gloo's background threads can abort the interpreter's own teardown under load
+    # ("terminate called without an active exception", seen in CI), so leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
