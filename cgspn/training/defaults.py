@@ -1,9 +1,10 @@
 """Distillation recipes: optimizer defaults per stage and the stage-2 loss mix.
 
-* ``"cgspn"`` (the default): the recipe measured best by ``benchmarks/bench_fidelity.py`` on real images for MAP-,
-  class-token- and mean-pooled teachers. Stage 2 distills the student's own output (its final tokens and its pooled
-  embedding, what zero-shot classification and dense heads consume) with every parameter training; the learning
-  rates suit runs of hundreds to thousands of steps and shrink with the width (``lr * min(1, 256 / width)``).
+* ``"cgspn"`` (the default): the recipe measured best by ``benchmarks/fidelity_ablation.py`` on real images for MAP-,
+  class-token- and mean-pooled teachers (checked through the CLI by ``benchmarks/bench_fidelity.py``). Stage 2
+  distills the student's own output (its final tokens and its pooled embedding, what zero-shot classification and
+  dense heads consume) with every parameter training; the learning rates suit runs of hundreds to thousands of steps
+  and shrink with the width (``lr * min(1, 256 / width)``).
 * ``"paper"``: SPEC §4 as published: PP/PB taps through MLP adaptors, AdamW 4e-5 (stage 1) / 4e-4 (stage 2) for
   batches of 1024 / 8192 over millions of images.
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..conversion.common import freeze
 from ..taps import FeatureTaps
 from .defaults import STAGE2_LOSSES
 from .losses import DEFAULT_KL_WEIGHT, FeatureDistillationLoss, output_loss, sublayer_mse
@@ -38,13 +39,6 @@ def vision_tower(model: nn.Module) -> nn.Module:
     if not hasattr(tower, "encoder") or not hasattr(tower.encoder, "layers"):
         raise TypeError(f"{type(model).__name__} is not a C-GSPN vision tower (no encoder.layers)")
     return tower
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Put ``model`` in eval mode with every parameter frozen (a teacher)."""
-    model.eval()
-    model.requires_grad_(False)
-    return model
 
 
 def distill_layers(num_layers: int, distill_every: int) -> list[int]:
@@ -262,8 +256,8 @@ class FeatureTask:
 
     @torch.no_grad()
     def teacher_targets(self, pixel_values: torch.Tensor, student_grid: tuple[int, int]) -> dict:
-        """The teacher's ``"taps"`` (PP/PB per tapped block), final ``"tokens"`` and ``"pooled"`` embedding, at the
-        teacher's resolution; tokens are resampled to the student's patch grid."""
+        """The teacher's ``"taps"`` (PP/PB per tapped block) and, with the output loss, its final ``"tokens"`` and
+        ``"pooled"`` embedding, at the teacher's resolution; tokens are resampled to the student's patch grid."""
         if self.teacher_resolution is not None:
             pixel_values = _resize(pixel_values, self.teacher_resolution)
         grid = _grid(pixel_values, self.teacher_patch_size)
@@ -273,13 +267,14 @@ class FeatureTask:
         def resample(tokens: torch.Tensor) -> torch.Tensor:
             return upsample_tokens(tokens, self.num_prefix, grid, student_grid)
 
-        return {
+        targets = {
             "taps": {
                 index: {kind: resample(record[kind]) for kind in ("pp", "pb")} for index, record in taps.records.items()
-            },
-            "tokens": resample(output.last_hidden_state),
-            "pooled": output.pooler_output,
+            }
         }
+        if self.module.output_weight:  # the paper recipe never reads them: skip resampling the final tokens
+            targets.update(tokens=resample(output.last_hidden_state), pooled=output.pooler_output)
+        return targets
 
     def loss(self, module: nn.Module, pixel_values: torch.Tensor, step: int, autocast) -> tuple[torch.Tensor, dict]:
         resolution = self.resolution_for_step(step)
