@@ -150,6 +150,7 @@ def prepare_teacher(kind: str, size_name: str, work: Path, data: Path) -> dict:
     _cgspn("convert", "--teacher", teacher["spec"], "--out", str(exact), "--attention-layers", "all",
            "--keep-position-embeddings", log=log)  # fmt: skip
     result.update(_zero_shot(exact, data, folder, log), linear_probe=_linear_probe(exact, data), width=_width(exact))
+    print(f"{size_name} {kind} teacher: {json.dumps(result)}", flush=True)
     return result
 
 
@@ -188,7 +189,7 @@ def run_variant(kind: str, variant: str, teacher: dict, size_name: str, work: Pa
         "images_seen": (steps1 + steps2) * size.batch_size,
         "seconds": seconds,
     }
-    print(f"{size_name} {kind} {variant}: top-1 ratio {result['top1_ratio']:.3f}", flush=True)
+    print(f"{size_name} {kind} {variant}: top-1 ratio {result['top1_ratio']:.3f} {json.dumps(result)}", flush=True)
     return result
 
 

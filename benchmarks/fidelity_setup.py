@@ -1,9 +1,9 @@
 """Real-image data and from-scratch teachers for the fidelity benchmark (``bench_fidelity.py``).
 
-Data: scikit-learn's bundled handwritten digits (UCI optical digits, 1797 real 8x8 scans of 10 classes; installs with
-``pip install scikit-learn``, no download), upsampled to the benchmark resolution, written as an image folder
-(``train/<d>_<name>/*.png``, ``test/<d>_<name>/*.png``) that ``cgspn train --data`` and ``cgspn eval zero-shot
---data`` read.
+Data: the handwritten digits the package ships (`cgspn.data.digits`: UCI optical digits, 1797 real 8x8 scans of 10
+classes, the copy scikit-learn bundles), split by scikit-learn, upsampled to the benchmark resolution, written as an
+image folder (``train/<d>_<name>/*.png``, ``test/<d>_<name>/*.png``) that ``cgspn train --data`` and
+``cgspn eval zero-shot --data`` read.
 
 Teachers of the three pooling kinds, trained contrastively on (image, caption) pairs:
 
@@ -28,12 +28,11 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 from transformers.utils import ModelOutput
 
+from cgspn.data.digits import DIGIT_NAMES, DIGIT_TEMPLATES, NUM_DIGITS_TEST, digit_image, load_digits
 from cgspn.demo.teacher import contrastive_trainer
 from cgspn.tokenization import build_processor, clip_tokenizer_from_open_clip_vocab, small_clip_tokenizer
 
-CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-TEMPLATES = ("a photo of the digit {}.", "a handwritten {}.", "the number {}.")
-NUM_TEST = 500
+CLASS_NAMES, TEMPLATES, NUM_TEST = DIGIT_NAMES, DIGIT_TEMPLATES, NUM_DIGITS_TEST
 TEACHER_KINDS = ("siglip", "clip", "mean")
 MAX_TEXT_LENGTH = 16
 
@@ -67,20 +66,15 @@ SIZES = {
 
 def write_digits(folder: Path, image_size: int, seed: int = 0) -> dict[str, int]:
     """Write the digits as an image folder of ``image_size`` px RGB PNGs; returns the split sizes."""
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    pixels = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
-    train, test = train_test_split(
-        np.arange(len(pixels)), test_size=NUM_TEST, stratify=digits.target, random_state=seed
-    )
+    ink, labels = load_digits()
+    train, test = train_test_split(np.arange(len(labels)), test_size=NUM_TEST, stratify=labels, random_state=seed)
     for split, indices in (("train", train), ("test", test)):
         for index in indices:
-            target = folder / split / class_folder(digits.target[index])
+            target = folder / split / class_folder(labels[index])
             target.mkdir(parents=True, exist_ok=True)
-            image = Image.fromarray(pixels[index], mode="L").resize((image_size, image_size), Image.BICUBIC)
-            image.convert("RGB").save(target / f"{index:04d}.png")
+            digit_image(ink[index], image_size).save(target / f"{index:04d}.png")
     return {"train": len(train), "test": len(test)}
 
 

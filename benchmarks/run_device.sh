@@ -1,29 +1,36 @@
 #!/bin/bash
-# One GPU-machine run (device tool): install kernels, build the kernel, GPU tests, benchmarks.
-# Everything it writes lands in $OUT (fetched into benchmarks/results/).
+# One GPU-machine run (device tool): build the kernels, check a wheel install, run the demo and the whole test suite;
+# with --bench also the propagation benchmark and Nsight Compute profiles. Everything lands in $OUT.
+# Wheels of what the machine lacks (kernels, a newer transformers, datasets, evaluate, open_clip_torch, ...) are
+# carried in .whl/; the cgspn wheel in .whl/cgspn/ (`pip wheel --no-deps -w .whl/cgspn .`).
 set -o pipefail
 OUT=${OUT:-/tmp/cgspn_out}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
-python3 -m pip install --no-deps -q .whl/kernels-*.whl || exit 1
-# The GPU machine's transformers may be older than cgspn/__init__.py needs: expose only the
-# propagation modules (cgspn.propagation*, cgspn.ops) through a minimal package on PYTHONPATH.
-if ! python3 -c "import cgspn" 2>/dev/null; then
-  MIN=/tmp/cgspn_min/cgspn; mkdir -p "$MIN"; : > "$MIN/__init__.py"
-  for f in propagation.py propagation_reference.py ops; do ln -sfn "$PWD/cgspn/$f" "$MIN/$f"; done
-  export PYTHONPATH=/tmp/cgspn_min; echo "using the minimal cgspn package (transformers too old here)"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt"
+python3 kernels_src/build.py > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+
+# The wheel in a fresh venv outside the repository (the machine's packages through a .pth file).
+purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'
+python3 -m venv /tmp/wheel-venv && python3 -c "$purelib" > "$(/tmp/wheel-venv/bin/python -c "$purelib")/deps.pth"
+/tmp/wheel-venv/bin/python -m pip install -q --no-index --no-deps .whl/cgspn/cgspn-*.whl
+(cd /tmp && PYTHONPATH=/tmp/site CGSPN_KERNEL_CACHE=/tmp/kcache /tmp/wheel-venv/bin/cgspn kernels build \
+  && PYTHONPATH=/tmp/site CGSPN_KERNEL_CACHE=/tmp/kcache /tmp/wheel-venv/bin/cgspn kernels-info --json) \
+  > "$OUT/wheel_kernels_info.json" 2> "$OUT/wheel_kernels_info.err" &
+
+(python3 -m cgspn.cli demo --output-dir /tmp/demo > "$OUT/demo.log" 2>&1; cp /tmp/demo/results.json "$OUT/demo_results.json") &
+timeout 500 python3 -m pytest -n 10 -q -p no:cacheprovider -rfEx > "$OUT/gpu_tests.log" 2>&1
+wait
+tail -3 "$OUT/demo.log"; tail -3 "$OUT/gpu_tests.log"
+
+if [ "$1" = "--bench" ]; then
+  python3 benchmarks/bench_propagation.py --out "$OUT/propagation.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
+  for pass in fwd bwd; do  # the CUDA scan kernels at 2058 px
+    extra=""; [ "$pass" = bwd ] && extra="--backward"
+    timeout 120 ncu -k regex:propagate_$pass --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+      --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      python3 benchmarks/profile_propagation.py --backend cuda --grid 147 $extra > "$OUT/ncu_${pass}_cuda.txt" 2>&1
+  done
 fi
-python3 kernels_src/build.py > "$OUT/build.txt" 2>&1 || { tail -40 "$OUT/build.txt"; exit 1; }
-tail -2 "$OUT/build.txt"
-timeout 420 pytest -q -n 4 -p no:cacheprovider --import-mode=append tests/test_propagation_backends.py tests/test_kernel_hub.py \
-  -rs > "$OUT/gpu_pytest.txt" 2>&1
-tail -12 "$OUT/gpu_pytest.txt"
-python3 benchmarks/bench_propagation.py --out "$OUT/propagation_h100.json" "$@" 2>&1 | tee "$OUT/bench.txt" | tail -30
-# Profiles of the CUDA scan kernels at 2058 px (Nsight Compute), forward and backward.
-for pass in fwd bwd; do
-  extra=""; [ "$pass" = bwd ] && extra="--backward"
-  timeout 120 ncu -k regex:propagate_$pass --launch-skip 1 --launch-count 1 --section SpeedOfLight \
-    --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-    python3 benchmarks/profile_propagation.py --backend cuda --grid 147 $extra > "$OUT/ncu_${pass}_cuda.txt" 2>&1
-  grep -E "DRAM Throughput|Duration|Achieved Occupancy|Registers Per|Block Size|Dynamic Shared" "$OUT/ncu_${pass}_cuda.txt" | head -8
-done

@@ -303,7 +303,9 @@ class CGSPNPreTrainedModel(PreTrainedModel):
 
         Without a ``kernel_config`` the mapping comes from :func:`propagation.kernel_mapping`: the local
         compiled build, else the hub kernel pinned by ``config.kernel_repo_id``/``kernel_version`` (on CUDA),
-        else the Triton build; a ``kernel_config`` given by the user is used as it is.
+        else the Triton build; a ``kernel_config`` given by the user is used as it is. Offline
+        (``HF_HUB_OFFLINE``) only the C-GSPN layers are kernelized: transformers' own hub kernels (activations)
+        could only come from the cache, and kernels raises instead of falling back when they are not there.
         """
         if kernel_config is not None and kernel_config.use_local_kernel:
             # transformers 5.24's from_pretrained rewrites each entry as (path, metadata), which its own
@@ -312,12 +314,19 @@ class CGSPNPreTrainedModel(PreTrainedModel):
             kernel_config.kernel_mapping = {k: v[0] if isinstance(v, tuple) else v for k, v in mapping.items()}
         if not use_kernels or kernel_config is not None:
             return super().set_use_kernels(use_kernels, kernel_config, mode)
-        from kernels import use_kernel_mapping
+        import kernels
+        from huggingface_hub.constants import is_offline_mode
 
         config = self._vision_config()
         mapping = kernel_mapping(self.device.type, (config.kernel_repo_id, config.kernel_version))
-        with use_kernel_mapping(mapping):
-            return super().set_use_kernels(use_kernels, kernel_config, mode)
+        if not is_offline_mode():
+            with kernels.use_kernel_mapping(mapping):
+                return super().set_use_kernels(use_kernels, kernel_config, mode)
+        # transformers' set_use_kernels would first register its own hub mapping into the active one
+        mode = mode or (kernels.Mode.TRAINING if self.training else kernels.Mode.INFERENCE)
+        with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
+            kernels.kernelize(self, mode=mode, device=self.device.type, use_fallback=True)
+        self._use_kernels = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

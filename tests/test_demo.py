@@ -2,12 +2,16 @@
 
 import json
 
+import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 from transformers import AutoModel
 
 from cgspn import CGSPNModel
 from cgspn.cli import main as cgspn_main
+from cgspn.data.digits import DIGIT_NAMES
+from cgspn.demo import make_digits_dataset
+from cgspn.demo.pipeline import DemoSettings
 
 
 def test_quick_demo_writes_a_complete_report(tmp_path):
@@ -18,7 +22,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
         for key in ("top1_accuracy", "top5_accuracy", "mean_iou"):
             assert 0.0 <= summary[name][key] <= 1.0, (name, key)
         assert summary[name]["top1_accuracy"] <= summary[name]["top5_accuracy"]
-        assert summary[name]["num_examples"] == 32
+        assert summary[name]["num_examples"] == DemoSettings.quick().num_test
     # the student replaces attention by propagation: fewer vision parameters than the teacher
     assert summary["student"]["vision_parameters"] < summary["teacher"]["vision_parameters"]
     assert set(summary["timings_s"]) >= {"train teacher", "distill stage 1", "distill stage 2"}
@@ -40,3 +44,20 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
         card.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"]
         == summary["student"]["top1_accuracy"]
     )
+
+
+def test_digits_dataset_is_stratified_masked_and_deterministic():
+    data = make_digits_dataset(image_size=16, num_validation=20, num_test=100, seed=3)
+    splits = data.dataset
+    assert sum(len(splits[name]) for name in ("train", "validation", "test")) == 1797
+    assert len(splits["test"]) == 100 and len(splits["validation"]) == 20
+    test_counts = np.bincount(splits["test"]["label"], minlength=10)
+    assert test_counts.min() >= 9 and test_counts.max() <= 11, test_counts  # 10 a class, stratified
+    for row in splits["test"].select(range(20)):
+        mask = np.asarray(row["mask"])
+        assert row["image"].size == row["mask"].size == (16, 16)
+        assert set(np.unique(mask)) == {0, row["label"] + 1}  # background and the digit's ink
+        assert DIGIT_NAMES[row["label"]] in row["caption"]
+    again = make_digits_dataset(image_size=16, num_validation=20, num_test=100, seed=3).dataset["test"]
+    assert again["label"] == splits["test"]["label"]
+    assert np.array_equal(np.asarray(again[7]["image"]), np.asarray(splits["test"][7]["image"]))

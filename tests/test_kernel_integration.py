@@ -106,6 +106,27 @@ def test_use_kernels_swaps_the_propagation_layers(saved_model, host_calls, kerne
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="CPU: the Triton build under the interpreter")
+@pytest.mark.parametrize("offline", [False, True])
+def test_use_kernels_offline_maps_only_the_propagation(saved_model, host_calls, kernel_calls, monkeypatch, offline):
+    """Offline, transformers' own hub mapping (activation kernels on CUDA) is left out: kernels would raise for any
+    that is not cached instead of falling back. The C-GSPN layers are swapped either way, in both modes."""
+    import huggingface_hub.constants
+    from transformers.integrations import hub_kernels
+
+    registered = []
+    monkeypatch.setattr(hub_kernels, "register_kernel_mapping_transformers", lambda *a: registered.append(1))
+    monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: offline)
+    model = AutoModel.from_pretrained(saved_model, use_kernels=True).eval()
+    with torch.no_grad():
+        model(pixel_values=pixels())
+    assert model.use_kernels and bool(registered) != offline
+    assert host_calls == [] and len(kernel_calls) == 2
+    model.train()  # re-kernelized for training through the same path
+    model(pixel_values=pixels())
+    assert host_calls == [] and len(kernel_calls) == 4
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="CPU: the Triton build under the interpreter")
 def test_use_kernels_training_mode_gives_the_reference_gradients(saved_model, host_calls, kernel_calls):
     reference = AutoModel.from_pretrained(saved_model).train()
     expected = reference(pixel_values=pixels())

@@ -48,6 +48,21 @@ def test_fsdp_config_wraps_classes_that_stage1_calls_directly():
     assert called and called <= set(classes.values())
 
 
+def test_fsdp_units_missing_from_a_student_are_dropped():
+    """fsdp.yaml names CGSPNAttention, which an all-propagation student lacks (accelerate raised "Could not find the
+    transformer layer class CGSPNAttention in the model" on the H200); the trainer keeps only the present classes."""
+    from types import SimpleNamespace
+
+    from cgspn.training.trainer import keep_present_wrap_classes
+
+    units = load_config("fsdp.yaml")["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
+    for keep_attention, expected in (((), ["CGSPNPropagation", "CGSPNMLP"]), ((1,), units.split(","))):
+        plugin = SimpleNamespace(transformer_cls_names_to_wrap=units)
+        keep_present_wrap_classes(plugin, tiny_pair(num_layers=2, keep_attention=keep_attention)[1])
+        assert plugin.transformer_cls_names_to_wrap == expected
+    keep_present_wrap_classes(None, tiny_pair(num_layers=2)[1])  # no FSDP: nothing to do
+
+
 def test_deepspeed_config_agrees_with_the_trainer_defaults():
     """DeepSpeed clips and accumulates itself, from its config: the values must be the trainer's defaults."""
     defaults = {field.name: field.default for field in dataclasses.fields(TrainingArguments)}
@@ -79,6 +94,19 @@ def test_gpu_two_processes_match_one_process(folders, tmp_path, config, stage, e
     launch = ["--config_file", str(CONFIGS / config), "--num_processes", "2", "--mixed_precision", "no"]
     # cuDNN's TF32 convolutions (torch's default) round differently for other batch sizes
     assert_launch_matches_one_process(folders, tmp_path, stage, launch, cpu=False, extra=extra, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.usefixtures(single_thread.__name__)
+@pytest.mark.parametrize(("stage", "extra"), STAGES, ids=["stage2", "stage1"])
+def test_gpu_fsdp_config_on_one_gpu_matches_plain_training(folders, tmp_path, stage, extra):  # noqa: F811
+    """fsdp.yaml on one GPU: accelerate's FSDP2 wrapping, full-state checkpoints and export give the weights of plain
+    training (the sharding itself needs 2 GPUs: the test above)."""
+    launch = ["--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "1", "--mixed_precision", "no"]
+    assert_launch_matches_one_process(
+        folders, tmp_path, stage, launch, cpu=False, extra=extra, rtol=1e-3, launched_batch_size=4
+    )
 
 
 @pytest.mark.usefixtures(single_thread.__name__)

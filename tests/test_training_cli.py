@@ -93,9 +93,10 @@ def _flags(folders, output_dir, batch_size, stage="stage2"):
 
 
 def assert_launch_matches_one_process(
-    folders, tmp_path, stage, launch_options, cpu=True, env=None, extra=(), rtol=1e-4
+    folders, tmp_path, stage, launch_options, cpu=True, env=None, extra=(), rtol=1e-4, launched_batch_size=2
 ):
-    """``accelerate launch LAUNCH_OPTIONS`` of 2 processes of batch 2 reaches the weights of 1 process of batch 4."""
+    """``accelerate launch LAUNCH_OPTIONS`` (2 processes of batch 2, or ``launched_batch_size``) reaches the weights of
+    1 plain process of batch 4."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     env = {
         **os.environ,
@@ -111,7 +112,7 @@ def assert_launch_matches_one_process(
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     launch = [accelerate, "launch", "--main_process_port", port, *launch_options, "-m", "cgspn.training.cli"]
-    launch += flags(tmp_path / "two", 2)
+    launch += flags(tmp_path / "two", launched_batch_size)
     process = subprocess.run(launch, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr[-4000:]
     assert main(flags(tmp_path / "one", 4)) == 0

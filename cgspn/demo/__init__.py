@@ -8,6 +8,7 @@ from .data import (
     DemoData,
     class_names_for,
     load_demo_data,
+    make_digits_dataset,
     make_shapes_dataset,
     render_example,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "DemoData",
     "class_names_for",
     "load_demo_data",
+    "make_digits_dataset",
     "make_shapes_dataset",
     "render_example",
 ]

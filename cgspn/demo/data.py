@@ -1,4 +1,9 @@
-"""Procedural, seeded image–caption–mask dataset for the offline demo.
+"""The offline demo's image–caption–mask datasets: real handwritten digits (the demo's default) and procedural shapes.
+
+`make_digits_dataset`: the package's shipped digits scans (`cgspn.data.digits`), upsampled, with a mask of the ink
+(``1 + digit``; 0 = background) and a caption from `cgspn.data.digits.DIGIT_TEMPLATES`.
+
+`make_shapes_dataset`: procedural, seeded shapes.
 
 Every example shows one coloured shape (the class is ``"<colour> <shape>"``, e.g. ``"red circle"``) at a random
 position, size and rotation on a random low-saturation texture, with pixel noise. Each example carries:
@@ -34,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data import DEFAULT_TEMPLATES, METADATA_FILE, check_templates, read_dataset_metadata, save_dataset_metadata
+from ..data.digits import DIGIT_NAMES, DIGIT_TEMPLATES, digit_image, digits_split, load_digits
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -322,6 +328,54 @@ def make_shapes_dataset(
     return DemoData(DatasetDict(splits), class_names, templates, segmentation_labels)
 
 
+def make_digits_dataset(
+    image_size: int = 32, num_validation: int = 100, num_test: int = 500, seed: int = 0, ink_threshold: int = 96
+) -> DemoData:
+    """The shipped digits as a demo dataset: ``train`` / ``validation`` / ``test`` (class-stratified).
+
+    Args:
+        image_size: side of the upsampled RGB images and masks.
+        num_validation / num_test: held-out images (taken from the train part / from the whole set, stratified).
+        seed: the split's only source of randomness; captions use ``(seed, index)``.
+        ink_threshold: upsampled grey level (0..255) from which a pixel counts as ink in the mask.
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
+
+    ink, labels = load_digits()
+    split = digits_split(num_test, seed)
+    rng = np.random.default_rng(seed)
+    held_out = rng.choice(len(split["train"]), size=num_validation, replace=False)
+    indices = {
+        "train": np.delete(split["train"], held_out),
+        "validation": np.sort(split["train"][held_out]),
+        "test": split["test"],
+    }
+    features = Features(
+        {
+            "image": ImageFeature(),
+            "mask": ImageFeature(),
+            "label": ClassLabel(names=list(DIGIT_NAMES)),
+            "caption": Value("string"),
+        }
+    )
+    splits = {}
+    for name, rows in indices.items():
+        columns: dict[str, list] = {"image": [], "mask": [], "label": [], "caption": []}
+        for index in rows.tolist():
+            image = digit_image(ink[index], image_size)
+            label = int(labels[index])
+            stroke = np.asarray(image.convert("L")) >= ink_threshold
+            template = DIGIT_TEMPLATES[int(np.random.default_rng([seed, index]).integers(len(DIGIT_TEMPLATES)))]
+            columns["image"].append(image)
+            columns["mask"].append(Image.fromarray((stroke * (label + 1)).astype(np.uint8), mode="L"))
+            columns["label"].append(label)
+            columns["caption"].append(template.format(DIGIT_NAMES[label]))
+        splits[name] = Dataset.from_dict(columns, features=features)
+    segmentation_labels = {0: "background", **{i + 1: n for i, n in enumerate(DIGIT_NAMES)}}
+    return DemoData(DatasetDict(splits), list(DIGIT_NAMES), list(DIGIT_TEMPLATES), segmentation_labels)
+
+
 __all__ = [
     "COLOURS",
     "DEFAULT_COLOURS",
@@ -331,6 +385,7 @@ __all__ = [
     "DemoData",
     "class_names_for",
     "load_demo_data",
+    "make_digits_dataset",
     "make_shapes_dataset",
     "render_example",
 ]

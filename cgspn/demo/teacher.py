@@ -16,18 +16,18 @@ from .data import DemoData
 
 @dataclass
 class TeacherSettings:
-    """Size and schedule of the demo teacher (a ViT-tiny-like CLIP at 64 px, patch 8)."""
+    """Size and schedule of the demo teacher (a 4-block SigLIP-style CLIP at 32 px, patch 4: 64 patches)."""
 
     hidden_size: int = 64
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     text_hidden_size: int = 64
     text_layers: int = 2
-    patch_size: int = 8
-    epochs: float = 12.0
+    patch_size: int = 4
+    epochs: float = 80.0
     batch_size: int = 64
     learning_rate: float = 2e-3
-    max_text_length: int = 64  # SigLIP text towers pool the last token: always pad to this length
+    max_text_length: int = 16  # SigLIP text towers pool the last token: always pad to this length
 
 
 class ContrastiveTrainer(Trainer):
@@ -96,6 +96,36 @@ def encode_pairs(processor: CLIPProcessor, dataset, max_text_length: int) -> Ten
     return TensorDictDataset({key: encoded[key] for key in ("pixel_values", "input_ids", "attention_mask")})
 
 
+class CaptionSampler(torch.utils.data.Dataset):
+    """Images with a caption drawn afresh at every access (a seeded random template filled with the class name):
+    the text tower learns the class, not one fixed sentence per image."""
+
+    def __init__(
+        self, pixel_values: torch.Tensor, labels: list[int], processor: CLIPProcessor, data: DemoData, seed: int
+    ):
+        self.pixel_values, self.labels = pixel_values, labels
+        length = processor.tokenizer.model_max_length
+        texts = [template.format(name) for name in data.class_names for template in data.templates]
+        encoded = processor.tokenizer(
+            texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        )
+        shape = (len(data.class_names), len(data.templates), -1)
+        self.input_ids, self.attention_mask = (encoded[key].view(shape) for key in ("input_ids", "attention_mask"))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        label = self.labels[index]
+        template = int(torch.randint(self.input_ids.shape[1], (), generator=self.generator))
+        return {
+            "pixel_values": self.pixel_values[index],
+            "input_ids": self.input_ids[label, template],
+            "attention_mask": self.attention_mask[label, template],
+        }
+
+
 def build_teacher(processor: CLIPProcessor, image_size: int, settings: TeacherSettings) -> SiglipModel:
     tokenizer = processor.tokenizer
     config = SiglipConfig(
@@ -130,13 +160,16 @@ def build_teacher(processor: CLIPProcessor, image_size: int, settings: TeacherSe
 def train_teacher(
     data: DemoData, output_dir: str | os.PathLike, settings: TeacherSettings, seed: int = 0
 ) -> tuple[SiglipModel, CLIPProcessor, list[dict]]:
-    """Train the teacher on (image, caption) pairs; returns the model, its processor and the Trainer log."""
+    """Train the teacher on (image, caption) pairs, a caption drawn per access (`CaptionSampler`); returns the
+    model, its processor and the Trainer log."""
     image_size = data.dataset["train"][0]["image"].size[0]
     processor = demo_processor(data, image_size, settings.max_text_length)
     torch.manual_seed(seed)
     model = build_teacher(processor, image_size, settings)
 
-    train = encode_pairs(processor, data.dataset["train"], settings.max_text_length)
+    split = data.dataset["train"]
+    pixel_values = processor.image_processor(list(split["image"]), return_tensors="pt")["pixel_values"]
+    train = CaptionSampler(pixel_values, list(split["label"]), processor, data, seed)
     trainer = contrastive_trainer(
         model, train, output_dir, settings.batch_size, settings.learning_rate, seed, num_train_epochs=settings.epochs
     )

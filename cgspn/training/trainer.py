@@ -200,6 +200,17 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def keep_present_wrap_classes(fsdp_plugin, module: nn.Module) -> None:
+    """Drop the FSDP shard-unit classes ``module`` does not contain (a student without hybrid attention has no
+    ``CGSPNAttention``): accelerate refuses any listed class it cannot find, so one config serves every student."""
+    names = getattr(fsdp_plugin, "transformer_cls_names_to_wrap", None)
+    if not names:
+        return
+    names = names.split(",") if isinstance(names, str) else list(names)
+    present = {type(submodule).__name__ for submodule in module.modules()}
+    fsdp_plugin.transformer_cls_names_to_wrap = [name for name in names if name in present]
+
+
 class DistillationTrainer:
     """Trains ``task.module`` on ``dataset`` (items ``{"pixel_values": (3, H, W)}``) and exports the student.
 
@@ -361,6 +372,7 @@ class DistillationTrainer:
         optimizer, scheduler = self._optimizer_and_scheduler(self.task.module)
         # The whole student (a dual encoder's text tower too) on the training device: it stays usable as one model.
         self.task.student_model.to(accelerator.device)
+        keep_present_wrap_classes(getattr(accelerator.state, "fsdp_plugin", None), self.task.module)
         module, optimizer, dataloader, scheduler = accelerator.prepare(
             self.task.module, optimizer, self.dataloader, scheduler
         )
@@ -483,9 +495,8 @@ class DistillationTrainer:
         state = accelerator.get_state_dict(module)
         output_dir = Path(self.args.output_dir)
         if accelerator.is_main_process:
-            student = self.task.student_model
             tower_state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
-            vision_tower(student).load_state_dict(tower_state)
+            student = with_tower_state(self.task.student_model, vision_tower, tower_state)
             export_student(
                 student, output_dir, self.task.name, self.args, global_step, losses, self.card_info, self.processor
             )
@@ -493,6 +504,24 @@ class DistillationTrainer:
                 push_folder_to_hub(output_dir, self.args.push_to_hub, self.args.hub_private, self.args.hub_token)
         accelerator.wait_for_everyone()
         return str(output_dir)
+
+
+def with_tower_state(student: nn.Module, vision_tower, tower_state: dict[str, torch.Tensor]) -> nn.Module:
+    """``student`` with its vision tower set to the gathered ``tower_state``. Under FSDP2 the tower's parameters are
+    sharded in place (DTensors) and take no full tensors: the export is then a fresh unsharded copy."""
+    from torch.distributed.tensor import DTensor
+
+    tower = vision_tower(student)
+    if not any(isinstance(parameter, DTensor) for parameter in tower.parameters()):
+        tower.load_state_dict(tower_state)
+        return student
+    prefix = next(name for name, module in student.named_modules() if module is tower)
+    prefix = f"{prefix}." if prefix else ""
+    state = {k: v for k, v in student.state_dict().items() if prefix and not k.startswith(prefix)}
+    state.update({prefix + k: v.cpu() for k, v in tower_state.items()})
+    copy = type(student)(student.config).to(next(iter(tower_state.values())).dtype)
+    copy.load_state_dict({k: v.cpu() for k, v in state.items()})
+    return copy.eval()
 
 
 def export_student(

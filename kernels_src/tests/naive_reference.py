@@ -16,7 +16,7 @@ def naive_propagate(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     y = torch.zeros_like(z)
     for direction in range(4):
         num_lines, length = (height, width) if direction < 2 else (width, height)
-        previous = torch.zeros(batch, length, channels, dtype=torch.float64)
+        previous = z.new_zeros(batch, length, channels)
         for step in range(num_lines):
             line = step if direction % 2 == 0 else num_lines - 1 - step
             state = torch.zeros_like(previous)
