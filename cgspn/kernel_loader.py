@@ -204,6 +204,13 @@ def load_backend(name: str) -> PropagateFn:
     raise BackendUnavailableError(f"cgspn.kernel_loader provides 'triton', 'cuda' and 'hub', not {name!r}")
 
 
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE``, as huggingface_hub reads it."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
 def hub_kernel_cached(repo_id: str, version: int) -> bool:
     """Whether version ``version`` of ``repo_id`` is in the local kernels/HF cache (no network, nothing loaded)."""
     from huggingface_hub import constants
@@ -217,8 +224,8 @@ def layer_repository(device_type: str, hub: tuple[str, int] | None) -> tuple[Any
     """The ``kernels`` repository of the fastest kernel layer that fits ``device_type``, and its source.
 
     CUDA: the local compiled build, else the pinned hub kernel when ``hub`` is given (the caller's
-    opt-in), else the Triton build; other devices: the Triton build where Triton runs. Returns
-    ``(None, reasons)`` when nothing fits.
+    opt-in; offline only when it is cached), else the Triton build; other devices: the Triton build
+    where Triton runs. Returns ``(None, reasons)`` when nothing fits.
     """
     kernels = import_kernels()
     reasons = []
@@ -228,7 +235,9 @@ def layer_repository(device_type: str, hub: tuple[str, int] | None) -> tuple[Any
             return kernels.LocalLayerRepository(folder, layer_name=LAYER_NAME), str(folder)
         except BackendUnavailableError as error:
             reasons.append(f"cuda: {error}")
-        if hub is not None:
+        if hub is not None and hub_offline() and not hub_kernel_cached(*hub):
+            reasons.append(f"hub: {hub[0]}@v{hub[1]} is not in the local cache and the hub is offline")
+        elif hub is not None:
             repo_id, version = hub
             repository = kernels.LayerRepository(
                 repo_id=repo_id, layer_name=LAYER_NAME, version=version, trust_remote_code=[repo_id]

@@ -312,20 +312,22 @@ class CGSPNPreTrainedModel(PreTrainedModel):
             # local-kernel mapping then cannot split: give it back the "path:Layer" string
             mapping = kernel_config.kernel_mapping
             kernel_config.kernel_mapping = {k: v[0] if isinstance(v, tuple) else v for k, v in mapping.items()}
-        if not use_kernels or kernel_config is not None:
-            return super().set_use_kernels(use_kernels, kernel_config, mode)
+        if not use_kernels or kernel_config is not None or getattr(self, "kernel_config", None) is not None:
+            return super().set_use_kernels(use_kernels, kernel_config, mode)  # a KernelConfig is used as given
         import kernels
-        from huggingface_hub.constants import is_offline_mode
+        from huggingface_hub import constants
 
         config = self._vision_config()
         mapping = kernel_mapping(self.device.type, (config.kernel_repo_id, config.kernel_version))
-        if not is_offline_mode():
+        if not constants.is_offline_mode():
             with kernels.use_kernel_mapping(mapping):
                 return super().set_use_kernels(use_kernels, kernel_config, mode)
-        # transformers' set_use_kernels would first register its own hub mapping into the active one
-        mode = mode or (kernels.Mode.TRAINING if self.training else kernels.Mode.INFERENCE)
+        # transformers' set_use_kernels would first register its own hub mapping into the active one; this is its
+        # kernelize (the mode from `training` unless given, every failing layer keeping its forward) without it
+        if mode is None:
+            mode = kernels.Mode.TRAINING if self.training else kernels.Mode.INFERENCE
         with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
-            kernels.kernelize(self, mode=mode, device=self.device.type, use_fallback=True)
+            kernels.kernelize(self, mode=mode, device=self.device.type, use_fallback=kernels.KernelizeFallback.ALL)
         self._use_kernels = True
 
     @torch.no_grad()

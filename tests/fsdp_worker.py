@@ -3,7 +3,8 @@
 accelerate does not run FSDP on CPU processes, so this applies ``fully_shard`` the way its FSDP2 plugin does
 (each named class a unit, then the root). ``torchrun --standalone --nproc_per_node 2 -m tests.fsdp_worker STAGE
 UNITS OUT`` (from the repository root) trains each rank on its half of the batch and writes the gathered trainable
-weights to OUT (safetensors).
+weights to OUT (safetensors), and to ``OUT.export`` the student the trainer's export would save (`with_tower_state`:
+an unsharded copy holding the gathered tower).
 """
 
 import contextlib
@@ -13,7 +14,8 @@ import sys
 import torch
 from torch import nn
 
-from cgspn.training.stages import FeatureTask, SublayerTask
+from cgspn.training.stages import FeatureTask, SublayerTask, vision_tower
+from cgspn.training.trainer import with_tower_state
 from tests.test_training_utils import tiny_pair
 
 BATCH, STEPS = 4, 2
@@ -63,8 +65,12 @@ def main(stage: str, units: str, output: str) -> None:
     fully_shard(task.module, mesh=mesh)
     rank, world = dist.get_rank(), dist.get_world_size()
     weights = train(task, task.module, pixel_values().chunk(world)[rank])
+    full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in task.module.state_dict().items()}
     if rank == 0:
         save_file({name: tensor.contiguous() for name, tensor in weights.items()}, output)
+        tower_state = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")}
+        exported = with_tower_state(task.student_model, vision_tower, tower_state)
+        save_file({k: v.contiguous() for k, v in exported.state_dict().items()}, f"{output}.export")
     dist.barrier()  # the gathers may still be in flight on ranks that never read them: finish before leaving
     # Everything is written. gloo's background threads can abort the interpreter's own teardown under load
     # ("terminate called without an active exception", seen in CI), so leave without it.

@@ -113,8 +113,16 @@ def test_use_kernels_offline_maps_only_the_propagation(saved_model, host_calls, 
     import huggingface_hub.constants
     from transformers.integrations import hub_kernels
 
-    registered = []
+    registered, modes = [], []
     monkeypatch.setattr(hub_kernels, "register_kernel_mapping_transformers", lambda *a: registered.append(1))
+    kernelize = kernels.kernelize
+
+    def spy(model, *, mode, **options):
+        modes.append(mode)
+        return kernelize(model, mode=mode, **options)
+
+    monkeypatch.setattr(kernels, "kernelize", spy)
+    monkeypatch.setattr(hub_kernels, "_kernels_kernelize", spy)
     monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: offline)
     model = AutoModel.from_pretrained(saved_model, use_kernels=True).eval()
     with torch.no_grad():
@@ -124,6 +132,7 @@ def test_use_kernels_offline_maps_only_the_propagation(saved_model, host_calls, 
     model.train()  # re-kernelized for training through the same path
     model(pixel_values=pixels())
     assert host_calls == [] and len(kernel_calls) == 4
+    assert modes == [kernels.Mode.INFERENCE, kernels.Mode.TRAINING]
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="CPU: the Triton build under the interpreter")
@@ -171,12 +180,18 @@ def test_use_kernels_mapping_on_cuda_prefers_local_then_pinned_hub_then_triton(t
         raise kernel_loader.BackendUnavailableError("no build")
 
     monkeypatch.setattr(kernel_loader, "cuda_build", no_build)
+    monkeypatch.setattr(kernel_loader, "hub_offline", lambda: False)
     pinned = repositories()
     assert isinstance(pinned, kernels.LayerRepository) and str(pinned).startswith("`someone/cgspn-propagation`")
     assert "version 3" in str(pinned)
     monkeypatch.setattr(kernel_loader, "triton_unavailable_reason", lambda device: None)
+    triton = str(kernel_loader.universal_build())
     repository, source = kernel_loader.layer_repository("cuda", None)  # no opt-in: never the hub
-    assert isinstance(repository, kernels.LocalLayerRepository) and source == str(kernel_loader.universal_build())
+    assert isinstance(repository, kernels.LocalLayerRepository) and source == triton
+    monkeypatch.setattr(kernel_loader, "hub_offline", lambda: True)  # offline: the hub kernel only from the cache
+    assert kernel_loader.layer_repository("cuda", hub)[1] == triton
+    monkeypatch.setattr(kernel_loader, "hub_kernel_cached", lambda repo_id, version: True)
+    assert kernel_loader.layer_repository("cuda", hub)[1] == "someone/cgspn-propagation@v3"
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU without Triton's interpreter")

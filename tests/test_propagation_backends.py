@@ -13,6 +13,7 @@ available backend runs on >= 200 random shapes.
 
 import os
 import random
+import zlib
 
 import torch
 
@@ -48,6 +49,11 @@ def gpu_backends() -> list[str]:
     return [name for name in propagation.available_backends("cuda") if name != "torch"] if HAS_CUDA else []
 
 
+def case_seed(shape, dtype) -> int:
+    """A seed of its own for each test case, the same in every process (``hash`` of a str is salted per process)."""
+    return zlib.crc32(f"{shape}{dtype}".encode()) % 10_000
+
+
 def random_inputs(shape, dtype, device, seed):
     batch, height, width, channels = shape
     generator = torch.Generator().manual_seed(seed)
@@ -75,7 +81,8 @@ def assert_matches_reference(fn, shape, dtype, device, seed):
         assert torch.isfinite(got).all(), f"{name}: non-finite values for finite inputs"
         error = (got.double() - ref).abs().max().item()
         base_error = (base.double() - ref).abs().max().item()
-        bound = 2 * base_error + torch.finfo(dtype).eps * ref.abs().max().item()
+        # four direction sums merged in another order than the reference's: a few units in the last place
+        bound = 2 * base_error + 4 * torch.finfo(dtype).eps * ref.abs().max().item()
         message = f"{name} {shape} {dtype}: max error {error:.3g} > bound {bound:.3g} (baseline {base_error:.3g})"
         assert error <= bound, message
 
@@ -91,7 +98,7 @@ cpu_triton = pytest.mark.skipif(HAS_CUDA, reason="CPU interpreter subset; the GP
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", CPU_SHAPES, ids=str)
 def test_triton_interpreter_matches_reference(shape, dtype):
-    assert_matches_reference(load_backend("triton"), shape, dtype, "cpu", seed=hash((shape, str(dtype))) % 1000)
+    assert_matches_reference(load_backend("triton"), shape, dtype, "cpu", seed=case_seed(shape, dtype))
 
 
 @cpu_triton
@@ -312,7 +319,7 @@ GPU_CASES = random_gpu_cases()
 def test_gpu_backend_matches_reference(backend, shape, dtype):
     if backend not in gpu_backends():
         pytest.skip(f"backend {backend!r} not available")
-    assert_matches_reference(load_backend(backend), shape, dtype, "cuda", seed=hash((shape, str(dtype))) % 10_000)
+    assert_matches_reference(load_backend(backend), shape, dtype, "cuda", seed=case_seed(shape, dtype))
 
 
 @pytest.mark.gpu

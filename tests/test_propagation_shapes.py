@@ -5,7 +5,11 @@ each backend runs at the line lengths around its limits, forward and backward, i
 against the reference (the same error bound as tests/test_propagation_backends.py).
 """
 
+import signal
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,8 @@ from cgspn.propagation import propagate
 from cgspn.propagation_reference import propagate_ref
 
 from .test_propagation_backends import DTYPES, HAS_CUDA, assert_matches_reference, random_inputs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -194,8 +200,13 @@ def test_gpu_cuda_kernel_runs_up_to_its_stated_limit(dtype, backward):
     _run_cuda_kernel(dtype, backward, propagation.cuda_max_line_length(dtype, backward, torch.cuda.current_device()))
 
 
+class ChildCrashed(Exception):
+    """The child process ended by SIGSEGV."""
+
+
 @pytest.mark.xfail(
     strict=True,
+    raises=ChildCrashed,
     reason="issue 14: past its limit the compiled launcher's error (TORCH_CHECK) ends the process with SIGSEGV "
     "instead of raising (measured on the H200); propagate() hands such lines to Triton before calling it",
 )
@@ -205,9 +216,6 @@ def test_gpu_cuda_kernel_runs_up_to_its_stated_limit(dtype, backward):
 def test_gpu_cuda_kernel_refuses_one_position_past_its_limit(backward):
     """Called directly one position past the limit, the kernel raises its clear error (in a child process: a crash
     must not take the test worker with it)."""
-    import subprocess
-    import sys
-
     if "cuda" not in loaded_gpu_backends():
         pytest.skip("backend 'cuda' not available")
     script = (
@@ -219,6 +227,8 @@ def test_gpu_cuda_kernel_refuses_one_position_past_its_limit(backward):
         "except RuntimeError as error:\n"
         "    print(error)\n"
     )
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert child.returncode == 0, f"the child process died (return code {child.returncode}): {child.stderr[-2000:]}"
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
+    if child.returncode == -signal.SIGSEGV:
+        raise ChildCrashed(child.stderr[-2000:])
+    assert child.returncode == 0, f"the child process failed (return code {child.returncode}): {child.stderr[-2000:]}"
     assert "exceed the CUDA kernel's limits" in child.stdout, child.stdout + child.stderr[-2000:]

@@ -138,3 +138,11 @@ def test_fsdp2_units_train_like_one_process_on_cpu(tmp_path, stage):
     assert sorted(two) == sorted(one) and any(not torch.equal(one[name], initial[name]) for name in one)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
+    # the export of the sharded student (an unsharded copy with the gathered tower) holds the trained weights
+    exported = load_file(tmp_path / "two.st.export")
+    student = task.student_model
+    prefix = next(name for name, module in student.named_modules() if module is vision_tower(student))
+    assert sorted(exported) == sorted(student.state_dict())
+    for name in (n for n in one if n.startswith("student.")):
+        key = f"{prefix}.{name.removeprefix('student.')}" if prefix else name.removeprefix("student.")
+        torch.testing.assert_close(exported[key], one[name], rtol=1e-4, atol=1e-6, msg=key)

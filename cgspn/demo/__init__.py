@@ -1,4 +1,5 @@
-"""Offline demo: a procedural image–caption–mask dataset (see `cgspn.demo.data`)."""
+"""Offline demo: image–caption–mask datasets (the shipped digits, procedural shapes; see `cgspn.demo.data`) and the
+end-to-end run (`cgspn.demo.pipeline`)."""
 
 from ..data import DEFAULT_TEMPLATES
 from .data import (

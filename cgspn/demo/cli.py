@@ -15,8 +15,8 @@ from .pipeline import DemoSettings, run_demo
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgspn demo",
-        description="Generate data, train a small CLIP teacher, convert and distill a C-GSPN student, evaluate "
-        "zero-shot accuracy and segmentation mIoU of both, and write a report. Offline, CPU-friendly.",
+        description="Prepare the shipped digits, train a small CLIP teacher, convert and distill a C-GSPN student, "
+        "evaluate zero-shot accuracy and segmentation mIoU of both, and write a report. Offline, CPU-friendly.",
     )
     parser.add_argument("--output-dir", default="demo_output", help="where the report, plots and models go")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in well under a minute")

@@ -3,10 +3,9 @@
 `make_digits_dataset`: the package's shipped digits scans (`cgspn.data.digits`), upsampled, with a mask of the ink
 (``1 + digit``; 0 = background) and a caption from `cgspn.data.digits.DIGIT_TEMPLATES`.
 
-`make_shapes_dataset`: procedural, seeded shapes.
-
-Every example shows one coloured shape (the class is ``"<colour> <shape>"``, e.g. ``"red circle"``) at a random
-position, size and rotation on a random low-saturation texture, with pixel noise. Each example carries:
+`make_shapes_dataset`: procedural, seeded shapes. Every example shows one coloured shape (the class is
+``"<colour> <shape>"``, e.g. ``"red circle"``) at a random position, size and rotation on a random low-saturation
+texture, with pixel noise. Each example carries:
 
 * ``image``: an RGB ``datasets.Image`` (PNG bytes, embedded by ``save_to_disk``),
 * ``mask``: a single-channel ``datasets.Image`` with 0 = background and ``1..S`` = the shape category
@@ -68,7 +67,7 @@ class DemoData:
 
     Attributes:
         dataset: `datasets.DatasetDict` with ``train``/``validation``/``test`` splits.
-        class_names: class names in label order (``"red circle"``, ...).
+        class_names: class names in label order (``"zero"``, ... or ``"red circle"``, ...).
         templates: prompt templates with one ``{}`` placeholder for the class name.
         segmentation_labels: mask value -> name, ``0`` is ``"background"``.
     """
@@ -335,7 +334,7 @@ def make_digits_dataset(
 
     Args:
         image_size: side of the upsampled RGB images and masks.
-        num_validation / num_test: held-out images (taken from the train part / from the whole set, stratified).
+        num_validation / num_test: held-out images, each split stratified by class; ``train`` is the rest.
         seed: the split's only source of randomness; captions use ``(seed, index)``.
         ink_threshold: upsampled grey level (0..255) from which a pixel counts as ink in the mask.
     """
@@ -343,14 +342,7 @@ def make_digits_dataset(
     from datasets import Image as ImageFeature
 
     ink, labels = load_digits()
-    split = digits_split(num_test, seed)
-    rng = np.random.default_rng(seed)
-    held_out = rng.choice(len(split["train"]), size=num_validation, replace=False)
-    indices = {
-        "train": np.delete(split["train"], held_out),
-        "validation": np.sort(split["train"][held_out]),
-        "test": split["test"],
-    }
+    indices = digits_split({"test": num_test, "validation": num_validation}, seed)
     features = Features(
         {
             "image": ImageFeature(),

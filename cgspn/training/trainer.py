@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -200,7 +201,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def keep_present_wrap_classes(fsdp_plugin, module: nn.Module) -> None:
+def keep_present_wrap_classes(fsdp_plugin: Any, module: nn.Module) -> None:
     """Drop the FSDP shard-unit classes ``module`` does not contain (a student without hybrid attention has no
     ``CGSPNAttention``): accelerate refuses any listed class it cannot find, so one config serves every student."""
     names = getattr(fsdp_plugin, "transformer_cls_names_to_wrap", None)
@@ -370,7 +371,13 @@ class DistillationTrainer:
         """Run until ``max_steps`` (or ``stop_after_steps`` more steps), checkpoint, export, push."""
         accelerator, args = self.accelerator, self.args
         optimizer, scheduler = self._optimizer_and_scheduler(self.task.module)
-        # The whole student (a dual encoder's text tower too) on the training device: it stays usable as one model.
+        # The whole student (a dual encoder's text tower too) on the training device: it stays usable as one model,
+        # except under FSDP2, which shards its tower in place (the export is whole; see `with_tower_state`).
+        if sharded_in_place(self.task.module):
+            raise RuntimeError(
+                "The student was sharded in place by an earlier FSDP run in this process: load it from that run's "
+                "export (from_pretrained) before training it again"
+            )
         self.task.student_model.to(accelerator.device)
         keep_present_wrap_classes(getattr(accelerator.state, "fsdp_plugin", None), self.task.module)
         module, optimizer, dataloader, scheduler = accelerator.prepare(
@@ -506,22 +513,32 @@ class DistillationTrainer:
         return str(output_dir)
 
 
-def with_tower_state(student: nn.Module, vision_tower, tower_state: dict[str, torch.Tensor]) -> nn.Module:
-    """``student`` with its vision tower set to the gathered ``tower_state``. Under FSDP2 the tower's parameters are
-    sharded in place (DTensors) and take no full tensors: the export is then a fresh unsharded copy."""
+def sharded_in_place(module: nn.Module) -> bool:
+    """Whether FSDP2 turned ``module``'s parameters into DTensors."""
+    if not torch.distributed.is_available():
+        return False
     from torch.distributed.tensor import DTensor
 
+    return any(isinstance(parameter, DTensor) for parameter in module.parameters())
+
+
+def with_tower_state(
+    student: nn.Module, vision_tower: Callable[[nn.Module], nn.Module], tower_state: dict[str, torch.Tensor]
+) -> nn.Module:
+    """``student`` with its vision tower set to the gathered ``tower_state``. Under FSDP2 the tower's parameters are
+    sharded in place (DTensors) and take no full tensors: the export is then a fresh unsharded copy (in the default
+    dtype, as ``from_pretrained`` builds it) holding ``tower_state`` and the student's other weights."""
     tower = vision_tower(student)
-    if not any(isinstance(parameter, DTensor) for parameter in tower.parameters()):
+    if not sharded_in_place(tower):
         tower.load_state_dict(tower_state)
         return student
     prefix = next(name for name, module in student.named_modules() if module is tower)
     prefix = f"{prefix}." if prefix else ""
     state = {k: v for k, v in student.state_dict().items() if prefix and not k.startswith(prefix)}
     state.update({prefix + k: v.cpu() for k, v in tower_state.items()})
-    copy = type(student)(student.config).to(next(iter(tower_state.values())).dtype)
+    copy = type(student)(student.config)
     copy.load_state_dict({k: v.cpu() for k, v in state.items()})
-    return copy.eval()
+    return copy
 
 
 def export_student(
