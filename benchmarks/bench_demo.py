@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import transformers
+from machine import machine_facts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("top1_accuracy", "top5_accuracy", "mean_iou")
@@ -58,13 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "demo",
         "command": "cgspn demo --output-dir <fresh folder>",
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-        "cpu_count": os.cpu_count(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        **machine_facts(),
         "runs": runs,
         "max_difference_between_runs": {key: max(r[key] for r in runs) - min(r[key] for r in runs) for key in keys},
     }

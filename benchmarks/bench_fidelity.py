@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fidelity_setup as setup  # noqa: E402
+from machine import machine_facts  # noqa: E402
 
 # Distillation budgets (stage 1 + stage 2 steps at the teacher's batch size): at most the teacher's own budget.
 DISTILL_STEPS = {"cpu": (300, 600), "gpu": (300, 900), "smoke": (2, 2)}
@@ -254,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     for result in results_by_kind.values():
         result["teacher"]["spec"] = result["teacher"]["spec"].replace(str(work), "<work>")
     import sklearn
-    import transformers
 
     results = {
         "benchmark": "fidelity",
@@ -264,14 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{setup.SIZES[args.size].image_size} px",
         "runs": 1,
         "seed": 0,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-        "cpu_count": os.cpu_count(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "scikit-learn": sklearn.__version__,
-        },
+        **machine_facts(**{"scikit-learn": sklearn.__version__}),
         "teacher_size": setup.SIZES[args.size].__dict__,
         "wall_seconds": time.perf_counter() - start,
         "teachers": results_by_kind,
