@@ -6,13 +6,13 @@ Measures for B=32, C=1152, Cc=64, bf16 and images of 378/518/1036/2058 px at pat
 (a) the ``propagate`` op (each fast backend): forward (inference), forward in training mode
     (states kept), forward+backward; achieved bandwidth of the forward on the minimum traffic
     (read 21*Cc + write Cc values a position) against a device-to-device copy;
-(b) the C-GSPN sublayer (down, heads, propagate, up) against an SDPA attention sublayer of the
-    same width (16 heads), forward;
-(c) a C-GSPN block against a ViT block with SDPA attention (pre-norm, MLP 4304), forward;
-(d) peak memory of forward+backward for the op and both blocks;
-(e) a 27-layer C-GSPN tower at 2058 px, B=8, forward+backward with gradient checkpointing.
+(b) the model's own layers: the C-GSPN propagation sublayer (``CGSPNPropagation``: down, heads,
+    propagate, up) against transformers' ``SiglipAttention`` with sdpa (16 heads), forward;
+(c) a C-GSPN block (``CGSPNLayer``) against transformers' ``SiglipEncoderLayer`` (sdpa, MLP 4304),
+    forward and forward+backward;
+(d) peak memory of forward+backward for the op and both blocks.
 
-Blocks are built from plain torch modules here so the script runs on any transformers version.
+Whole towers (``CGSPNVisionModel`` against ``SiglipVisionModel``) are timed by ``bench_tower.py``.
 Writes one JSON file (device, versions, shapes, times in ms, ratios) and prints a table.
 
 Usage: ``python benchmarks/bench_propagation.py [--out benchmarks/results/propagation_h100.json]``
@@ -30,12 +30,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from transformers import SiglipVisionConfig
+from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH
 
+from cgspn import CGSPNVisionConfig
+from cgspn.modeling_cgspn import CGSPNLayer, CGSPNPropagation
 from cgspn.propagation import available_backends, load_backend
 
 PATCH = 14
@@ -87,66 +89,31 @@ def copy_bandwidth_gbs(nbytes: int = 2 * 1024**3) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sublayers and blocks from plain torch modules (SPEC §2)
+# The model's own layers (C-GSPN) and transformers' SigLIP layers (the attention baseline)
 # ---------------------------------------------------------------------------------------------
 
 
-class Propagation(nn.Module):
-    """C-GSPN sublayer: down (C->Cc), heads (Cc->20Cc), propagate, up (Cc->C)."""
-
-    def __init__(self, width: int, channels: int, propagate: Callable) -> None:
-        super().__init__()
-        self.down = nn.Linear(width, channels)
-        self.heads = nn.Linear(channels, 20 * channels)
-        self.up = nn.Linear(channels, width)
-        self.propagate = propagate
-
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        z = self.down(x.view(x.shape[0], height, width, x.shape[-1]))
-        y = self.propagate(z, self.heads(z))
-        return self.up(y).view(x.shape[0], height * width, -1)
-
-
-class Attention(nn.Module):
-    """ViT self-attention sublayer with SDPA (fused qkv, 16 heads)."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor, height: int = 0, width: int = 0) -> torch.Tensor:
-        batch, tokens, channels = x.shape
-        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
+def model_layers(backend: str, device: str = "cuda") -> dict[str, nn.Module]:
+    """One-block configs of the benchmark's width: C-GSPN sublayer and block, SigLIP attention and block."""
+    shape = {"hidden_size": WIDTH, "intermediate_size": MLP_WIDTH, "num_attention_heads": HEADS, "patch_size": PATCH}
+    cgspn = CGSPNVisionConfig(
+        **shape, num_hidden_layers=1, propagation_channels=PROPAGATION_CHANNELS, propagation_backend=backend
+    )
+    siglip = SiglipVisionConfig(**shape, num_hidden_layers=1)
+    siglip._attn_implementation = "sdpa"
+    layers = {
+        "cgspn_sublayer": CGSPNPropagation(cgspn),
+        "sdpa_sublayer": SiglipAttention(siglip),
+        "cgspn_block": CGSPNLayer(cgspn, 0),
+        "vit_block": SiglipEncoderLayer(siglip),
+    }
+    return {name: layer.to(device=device, dtype=DTYPE) for name, layer in layers.items()}
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block with a given token mixer and a GELU MLP."""
-
-    def __init__(self, width: int, mixer: nn.Module) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.mixer = mixer
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, MLP_WIDTH), nn.GELU(approximate="tanh"), nn.Linear(MLP_WIDTH, width))
-
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x), height, width)
-        return x + self.mlp(self.norm2(x))
-
-
-def make(module: nn.Module) -> nn.Module:
-    return module.to(device="cuda", dtype=DTYPE)
-
-
-def fwd_bwd(module: nn.Module, x: torch.Tensor, height: int, width: int) -> Callable[[], None]:
-    def run() -> None:
-        module(x, height, width).float().sum().backward()
-
-    return run
+def run_layer(name: str, layer: nn.Module, x: torch.Tensor, grid: int) -> torch.Tensor:
+    """The layer's output tensor (C-GSPN layers take the grid; SigLIP's take an attention mask)."""
+    out = layer(x, grid, grid) if name.startswith("cgspn") else layer(x, None)
+    return out[0] if isinstance(out, tuple) else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,57 +205,27 @@ def bench_cuda_configs(grid: int) -> dict:
     return results
 
 
-def bench_layers(grid: int, propagate: Callable) -> dict:
-    tokens = grid * grid
-    x = torch.randn(BATCH, tokens, WIDTH, device="cuda", dtype=DTYPE)
+def bench_layers(grid: int, backend: str) -> dict:
+    x = torch.randn(BATCH, grid * grid, WIDTH, device="cuda", dtype=DTYPE)
+    layers = model_layers(backend)
     out = {}
     with torch.no_grad():
-        prop, attn = make(Propagation(WIDTH, PROPAGATION_CHANNELS, propagate)), make(Attention(WIDTH, HEADS))
-        out["cgspn_sublayer_ms"] = bench(lambda: prop(x, grid, grid))
-        out["sdpa_sublayer_ms"] = bench(lambda: attn(x, grid, grid))
-        cblock = make(Block(WIDTH, Propagation(WIDTH, PROPAGATION_CHANNELS, propagate)))
-        vblock = make(Block(WIDTH, Attention(WIDTH, HEADS)))
-        out["cgspn_block_ms"] = bench(lambda: cblock(x, grid, grid))
-        out["vit_block_ms"] = bench(lambda: vblock(x, grid, grid))
-        mlp_half = lambda: x + cblock.mlp(cblock.norm2(x))  # noqa: E731
-        out["mlp_half_block_ms"] = bench(mlp_half)
+        for name, layer in layers.items():
+            out[f"{name}_ms"] = bench(lambda name=name, layer=layer: run_layer(name, layer, x, grid))
+        block = layers["cgspn_block"]
+        out["mlp_half_block_ms"] = bench(lambda: x + block.mlp(block.layer_norm2(x)))
     out["sublayer_speedup"] = out["sdpa_sublayer_ms"] / out["cgspn_sublayer_ms"]
     out["block_speedup"] = out["vit_block_ms"] / out["cgspn_block_ms"]
     xg = x.clone().requires_grad_()
-    out["cgspn_block_fwd_bwd_ms"] = bench(fwd_bwd(cblock, xg, grid, grid), min_reps=3)
-    out["cgspn_block_peak_mem_fwd_bwd_gb"] = peak_memory_gb(fwd_bwd(cblock, xg, grid, grid))
-    out["vit_block_fwd_bwd_ms"] = bench(fwd_bwd(vblock, xg, grid, grid), min_reps=3)
-    out["vit_block_peak_mem_fwd_bwd_gb"] = peak_memory_gb(fwd_bwd(vblock, xg, grid, grid))
+    for name in ("cgspn_block", "vit_block"):
+
+        def fwd_bwd(name: str = name) -> None:
+            run_layer(name, layers[name], xg, grid).float().sum().backward()
+
+        out[f"{name}_fwd_bwd_ms"] = bench(fwd_bwd, min_reps=3)
+        out[f"{name}_peak_mem_fwd_bwd_gb"] = peak_memory_gb(fwd_bwd)
     out["block_fwd_bwd_speedup"] = out["vit_block_fwd_bwd_ms"] / out["cgspn_block_fwd_bwd_ms"]
     return out
-
-
-def bench_tower(propagate: Callable, layers: int = 27, batch: int = 8, resolution: int = 2058) -> dict:
-    grid = resolution // PATCH
-    blocks = nn.ModuleList(
-        make(Block(WIDTH, Propagation(WIDTH, PROPAGATION_CHANNELS, propagate))) for _ in range(layers)
-    )
-    x = torch.randn(batch, grid * grid, WIDTH, device="cuda", dtype=DTYPE, requires_grad=True)
-
-    def run() -> None:
-        h = x
-        for block in blocks:
-            h = checkpoint(block, h, grid, grid, use_reentrant=False)
-        h.float().mean().backward()
-
-    peak = peak_memory_gb(run)
-    ms = bench(run, min_reps=2, budget_s=0.1)
-    params = sum(p.numel() for p in blocks.parameters())
-    return {
-        "layers": layers,
-        "batch": batch,
-        "resolution": resolution,
-        "params_m": params / 1e6,
-        "fwd_bwd_ms": ms,
-        "peak_mem_gb": peak,
-        "device_mem_gb": torch.cuda.get_device_properties(0).total_memory / 1e9,
-        "fits_80gb": peak < 80,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -296,7 +233,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/propagation_h100.json"))
     parser.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
     parser.add_argument("--skip-layers", action="store_true", help="only the op (a) and memory (d)")
-    parser.add_argument("--skip-tower", action="store_true")
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = True
 
@@ -346,19 +282,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{resolution:5d} triton configs {entry['triton_configs_fwd_ms']}", flush=True)
         fastest = min(backends, key=lambda name: entry["op"][name]["fwd_bwd_ms"])
         if not args.skip_layers:
-            entry["layers"] = bench_layers(grid, load_backend(fastest))
+            entry["layers"] = bench_layers(grid, fastest)
             entry["layers"]["backend"] = fastest
             print(f"{resolution:5d} layers ({fastest}) {json.dumps(entry['layers'])}", flush=True)
         result["resolutions"][str(resolution)] = entry
         torch.cuda.empty_cache()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if not args.skip_tower:
-        result["tower"] = bench_tower(load_backend(fastest))
-        result["tower"]["backend"] = fastest
-        print(f"tower {json.dumps(result['tower'])}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
 
 
@@ -381,13 +311,6 @@ def print_table(result: dict) -> None:
                     f" | {layers['cgspn_block_ms']:9.3f} {layers['vit_block_ms']:8.3f} {layers['block_speedup']:4.1f}"
                 )
             print(line)
-    if "tower" in result:
-        tower = result["tower"]
-        print(
-            f"tower {tower['layers']} layers @ {tower['resolution']} B={tower['batch']}:"
-            f" fwd+bwd {tower['fwd_bwd_ms']:.0f} ms,"
-            f" peak {tower['peak_mem_gb']:.1f} GB (fits 80 GB: {tower['fits_80gb']})"
-        )
 
 
 if __name__ == "__main__":

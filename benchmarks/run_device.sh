@@ -1,6 +1,6 @@
 #!/bin/bash
 # One GPU-machine run (device tool): build the kernels, check a wheel install, run the demo and the whole test suite;
-# with --bench also the propagation benchmark and Nsight Compute profiles. Everything lands in $OUT.
+# with --bench also the propagation and tower benchmarks and Nsight Compute profiles. Everything lands in $OUT.
 # Wheels of what the machine lacks (kernels, a newer transformers, datasets, evaluate, open_clip_torch, ...) are
 # carried in .whl/; the cgspn wheel in .whl/cgspn/ (`pip wheel --no-deps -w .whl/cgspn .`).
 set -o pipefail
@@ -27,6 +27,7 @@ tail -3 "$OUT/demo.log"; tail -3 "$OUT/gpu_tests.log"
 
 if [ "$1" = "--bench" ]; then
   python3 benchmarks/bench_propagation.py --out "$OUT/propagation.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
+  python3 benchmarks/bench_tower.py --memory --out "$OUT/tower.json" 2>&1 | tee "$OUT/tower.txt" | tail -30
   for pass in fwd bwd; do  # the CUDA scan kernels at 2058 px
     extra=""; [ "$pass" = bwd ] && extra="--backward"
     timeout 120 ncu -k regex:propagate_$pass --launch-skip 1 --launch-count 1 --section SpeedOfLight \

@@ -1,0 +1,272 @@
+"""Whole vision towers as users run them: ``CGSPNVisionModel`` against transformers' ``SiglipVisionModel``.
+
+Both towers are the libraries' own classes in the SO400M shape (width 1152, 27 layers, 16 heads, MLP 4304,
+patch 14, MAP head), bf16, ``attn_implementation="sdpa"``; the C-GSPN tower once hybrid (attention kept at
+blocks 8, 17, 26, as the paper's student) and once all propagation. For each resolution and batch (issue 14:
+378 px B=32, 518 B=16, 1036 B=4, 2058 B=1) it times, in one process:
+
+- inference: ``model(pixel_values)`` under ``torch.inference_mode()``;
+- a training step: forward, a loss on the pooled output, backward, AdamW step;
+- where each tower's inference time goes: one profiled forward, device time by kernel category
+  (matmul, attention, propagation, norm, elementwise/copy, conv, other), and the bound it sets: the
+  SigLIP tower's time over the C-GSPN tower's matmul time (the speed-up if everything but the matmuls
+  were free);
+- optionally (``--memory``) the peak memory of a C-GSPN training step at 2058 px, B=32, with gradient
+  checkpointing (does it fit one 80 GB GPU?).
+
+Writes one JSON file (device, versions, shapes, times in ms, ratios, the issue's targets and whether each is
+met) and prints a table. ``--smoke`` runs a tiny shape on any device (the test suite runs it on CPU).
+
+Usage: ``python benchmarks/bench_tower.py [--out benchmarks/results/tower_h200.json] [--memory]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import SiglipVisionConfig, SiglipVisionModel
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent))  # after PYTHONPATH: an installed cgspn wins
+
+from machine import machine_facts  # noqa: E402
+
+from cgspn import CGSPNVisionConfig, CGSPNVisionModel  # noqa: E402
+
+
+@dataclass(frozen=True)
+class TowerShape:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    patch_size: int
+    hybrid_layers: tuple[int, ...]
+
+
+SO400M = TowerShape(1152, 4304, 27, 16, 14, (8, 17, 26))
+TINY = TowerShape(64, 128, 4, 4, 4, (2,))
+# (resolution, batch) of issue 14's measurements; the smoke run's one shape
+SHAPES = ((378, 32), (518, 16), (1036, 4), (2058, 1))
+SMOKE_SHAPES = ((32, 2),)
+# Issue 14's targets: SigLIP time / C-GSPN time, (tower, measurement) -> {resolution: at least}
+TARGETS = {
+    ("hybrid", "inference"): {378: 1.8, 1036: 2.5, 2058: 5.0},
+    ("all_propagation", "inference"): {2058: 6.0},
+    ("hybrid", "train_step"): {378: 2.0, 1036: 3.0},
+}
+# Kernel (device) or operator (CPU) names -> category, the first match wins.
+CATEGORIES = (
+    ("propagation", ("propagat", "merge_directions")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax", "cudnn", "mha")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "linear")),
+    ("conv", ("conv",)),
+    ("norm", ("layer_norm", "layernorm", "norm")),
+    ("elementwise/copy", ("elementwise", "copy", "vectorized", "gelu", "tanh", "add", "mul", "cat", "reduce", "fill")),
+)
+
+
+def build_towers(shape: TowerShape, resolution: int, device: torch.device, dtype: torch.dtype) -> dict[str, nn.Module]:
+    """The SigLIP tower and the two C-GSPN towers at ``resolution``, on ``device`` in ``dtype``."""
+    common = {
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "patch_size": shape.patch_size,
+        "image_size": resolution,
+    }
+    towers = {"siglip": SiglipVisionModel._from_config(SiglipVisionConfig(**common), attn_implementation="sdpa")}
+    for name, hybrid in (("hybrid", list(shape.hybrid_layers)), ("all_propagation", [])):
+        config = CGSPNVisionConfig(**common, attention_layer_indices=hybrid, pooling="map")
+        towers[name] = CGSPNVisionModel._from_config(config, attn_implementation="sdpa")
+    return {name: tower.to(device=device, dtype=dtype) for name, tower in towers.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, min_reps: int, budget_s: float) -> float:
+    """Median wall time of ``fn`` in ms (device-synchronized), after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < min_reps or spent < budget_s:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(1e3 * (time.perf_counter() - start))
+        spent += times[-1] / 1e3
+    return statistics.median(times)
+
+
+def training_step(tower: nn.Module, pixel_values: torch.Tensor) -> Callable[[], None]:
+    """One optimizer step as a user's fine-tuning loop runs it (AdamW, loss on the pooled output)."""
+    optimizer = torch.optim.AdamW(tower.parameters(), lr=1e-6)
+
+    def step() -> None:
+        loss = tower(pixel_values).pooler_output.float().square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    for label, needles in CATEGORIES:
+        if any(needle in lowered for needle in needles):
+            return label
+    return "other"
+
+
+def time_by_category(fn: Callable[[], object], device: torch.device) -> dict[str, float]:
+    """Device time (CUDA kernels) or CPU self time (operators) of one call of ``fn``, in ms, by category."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        fn()
+        synchronize(device)
+    entries = profile.key_averages()
+    if device.type == "cuda":  # kernels; operators (their device time) if the kernels are not listed apart
+        kernels = [entry for entry in entries if entry.device_type == torch.autograd.DeviceType.CUDA]
+        timed = [(entry.key, entry.self_device_time_total) for entry in kernels or entries]
+    else:
+        timed = [(entry.key, entry.self_cpu_time_total) for entry in entries]
+    totals: dict[str, float] = {}
+    for name, micros in timed:
+        totals[category(name)] = totals.get(category(name), 0.0) + micros / 1e3
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def bench_resolution(
+    shape: TowerShape, resolution: int, batch: int, device: torch.device, dtype: torch.dtype, budget_s: float
+) -> dict:
+    towers = build_towers(shape, resolution, device, dtype)
+    pixel_values = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
+    entry: dict = {"batch": batch, "grid": resolution // shape.patch_size, "towers": {}}
+    for name, tower in towers.items():
+        tower.eval()
+        forward = partial(tower, pixel_values)
+        with torch.inference_mode():
+            inference = time_ms(forward, device, 3, budget_s)
+            categories = time_by_category(forward, device)
+        tower.train()
+        train_step = time_ms(training_step(tower, pixel_values), device, 2, budget_s)
+        entry["towers"][name] = {
+            "parameters_m": sum(p.numel() for p in tower.parameters()) / 1e6,
+            "inference_ms": inference,
+            "train_step_ms": train_step,
+            "inference_ms_by_category": categories,
+        }
+        print(
+            f"{resolution:5d} B={batch:<3d} {name:16s} inference {inference:9.2f} ms  train step {train_step:9.2f} ms"
+        )
+        print(f"{'':10s}{name:16s} " + "  ".join(f"{k} {v:.2f}" for k, v in categories.items()), flush=True)
+    siglip = entry["towers"]["siglip"]
+    for name in ("hybrid", "all_propagation"):
+        tower = entry["towers"][name]
+        matmul = tower["inference_ms_by_category"].get("matmul", 0.0)
+        tower["inference_speedup"] = siglip["inference_ms"] / tower["inference_ms"]
+        tower["train_step_speedup"] = siglip["train_step_ms"] / tower["train_step_ms"]
+        tower["inference_speedup_bound_by_matmuls"] = siglip["inference_ms"] / matmul if matmul else None
+    del towers
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return entry
+
+
+def training_peak_memory_gb(shape: TowerShape, resolution: int, batch: int, device: torch.device) -> dict:
+    """Peak memory of one checkpointed bf16 training step of the hybrid C-GSPN tower."""
+    tower = build_towers(shape, resolution, device, torch.bfloat16)["hybrid"]
+    tower.gradient_checkpointing_enable()
+    tower.train()
+    pixel_values = torch.randn(batch, 3, resolution, resolution, device=device, dtype=torch.bfloat16)
+    step = training_step(tower, pixel_values)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 1e9
+    return {"resolution": resolution, "batch": batch, "step_s": seconds, "peak_gb": peak, "fits_80gb": peak < 80}
+
+
+def check_targets(resolutions: dict) -> list[dict]:
+    """Issue 14's tower targets at the measured resolutions: measured speed-up and whether it is met."""
+    rows = []
+    for (tower, measurement), goals in TARGETS.items():
+        for resolution, goal in goals.items():
+            entry = resolutions.get(str(resolution))
+            if entry is None:
+                continue
+            got = entry["towers"][tower][f"{measurement}_speedup"]
+            rows.append(
+                {
+                    "tower": tower,
+                    "measurement": measurement,
+                    "resolution": resolution,
+                    "target": goal,
+                    "measured": got,
+                    "met": got >= goal,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "tower.json")
+    parser.add_argument("--smoke", action="store_true", help="a tiny tower at 32 px (any device, fp32 on CPU)")
+    parser.add_argument("--memory", action="store_true", help="also the 2058 px B=32 checkpointed training step")
+    parser.add_argument("--budget-s", type=float, default=1.0, help="seconds of repetitions a measurement")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shape, shapes = (TINY, SMOKE_SHAPES) if args.smoke else (SO400M, SHAPES)
+    torch.manual_seed(0)
+    result: dict = {
+        "benchmark": "tower",
+        **machine_facts(),
+        "dtype": str(dtype),
+        "tower_shape": asdict(shape),
+        "attn_implementation": "sdpa",
+        "resolutions": {},
+    }
+    for resolution, batch in shapes:
+        result["resolutions"][str(resolution)] = bench_resolution(
+            shape, resolution, batch, device, dtype, args.budget_s
+        )
+    if args.memory and device.type == "cuda":
+        result["training_memory"] = training_peak_memory_gb(shape, 2058, 32, device)
+        print(f"training step 2058 px B=32, checkpointing: {json.dumps(result['training_memory'])}")
+    result["targets"] = check_targets(result["resolutions"])
+    for row in result["targets"]:
+        print(
+            f"target {row['tower']} {row['measurement']} @ {row['resolution']}: "
+            f"{row['measured']:.2f}x (>= {row['target']}x: {'met' if row['met'] else 'MISSED'})"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

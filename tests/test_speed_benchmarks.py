@@ -1,0 +1,118 @@
+"""The speed benchmarks' scripts on CPU: the tower benchmark's smoke run, its kernel categories and targets, and the
+layers the propagation benchmark times (the model's own, against transformers' SigLIP layers)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_training_utils import single_thread
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    """Import ``benchmarks/<name>.py`` as a module; yields it, then forgets it and the path it added."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their annotations through the module
+    path = list(sys.path)
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[name]
+    sys.path[:] = path
+
+
+@pytest.fixture(scope="module")
+def bench():
+    yield from load_script("bench_tower")
+
+
+@pytest.fixture(scope="module")
+def bench_propagation():
+    yield from load_script("bench_propagation")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("void propagate_fwd_prefetch_kernel<__nv_bfloat16, 8, 1>(cgspn::PropagateParams)", "propagation"),
+        ("_propagate_bwd_kernel", "propagation"),
+        ("void merge_directions_kernel<float>(float const*, float*, long)", "propagation"),
+        ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>", "attention"),
+        ("aten::_native_multi_head_attention", "attention"),
+        ("nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNT", "matmul"),
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+        ("aten::addmm", "matmul"),
+        ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>", "norm"),
+        ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>", "elementwise/copy"),
+        ("aten::convolution", "conv"),
+        ("cudaLaunchKernel", "other"),
+    ],
+)
+def test_kernel_categories(bench, name, expected):
+    assert bench.category(name) == expected
+
+
+def test_smoke_run(bench, tmp_path, capsys):
+    out = tmp_path / "tower.json"
+    bench.main(["--smoke", "--budget-s", "0", "--out", str(out)])
+    result = json.loads(out.read_text())
+    entry = result["resolutions"]["32"]
+    assert (entry["batch"], entry["grid"]) == (2, 8)
+    towers = entry["towers"]
+    assert set(towers) == {"siglip", "hybrid", "all_propagation"}
+    siglip = towers["siglip"]
+    for name in ("hybrid", "all_propagation"):
+        tower = towers[name]
+        assert tower["inference_ms"] > 0 and tower["train_step_ms"] > 0
+        assert tower["inference_speedup"] == pytest.approx(siglip["inference_ms"] / tower["inference_ms"])
+        assert tower["train_step_speedup"] == pytest.approx(siglip["train_step_ms"] / tower["train_step_ms"])
+        assert tower["inference_ms_by_category"]["matmul"] > 0
+    # the C-GSPN towers are smaller than SigLIP (propagation in 64 // 18 = 3 latent channels), the hybrid one keeps
+    # one attention layer
+    assert siglip["parameters_m"] > towers["hybrid"]["parameters_m"] > towers["all_propagation"]["parameters_m"]
+    assert result["targets"] == []  # the issue's targets name full-size resolutions only
+    assert "siglip" in capsys.readouterr().out
+
+
+def test_targets_report_met_and_missed(bench):
+    measured = {
+        "378": {"towers": {"hybrid": {"inference_speedup": 1.9, "train_step_speedup": 1.5}}},
+        "2058": {"towers": {"hybrid": {"inference_speedup": 4.0}, "all_propagation": {"inference_speedup": 6.5}}},
+    }
+    rows = {(row["tower"], row["measurement"], row["resolution"]): row for row in bench.check_targets(measured)}
+    assert set(rows) == {
+        ("hybrid", "inference", 378),
+        ("hybrid", "train_step", 378),
+        ("hybrid", "inference", 2058),
+        ("all_propagation", "inference", 2058),
+    }
+    assert [rows[key]["met"] for key in sorted(rows)] == [True, True, False, False]
+    assert rows[("hybrid", "inference", 2058)]["target"] == 5.0
+
+
+def test_propagation_benchmark_times_the_model_layers(bench_propagation, monkeypatch):
+    """The layers it times are CGSPNPropagation/CGSPNLayer and SiglipAttention/SiglipEncoderLayer, and each returns a
+    (B, tokens, width) tensor through run_layer."""
+    monkeypatch.setattr(bench_propagation, "DTYPE", torch.float32)
+    monkeypatch.setattr(bench_propagation, "WIDTH", 32)
+    monkeypatch.setattr(bench_propagation, "MLP_WIDTH", 48)
+    monkeypatch.setattr(bench_propagation, "HEADS", 4)
+    monkeypatch.setattr(bench_propagation, "PROPAGATION_CHANNELS", 4)
+    layers = bench_propagation.model_layers("torch", device="cpu")
+    assert {name: type(layer).__name__ for name, layer in layers.items()} == {
+        "cgspn_sublayer": "CGSPNPropagation",
+        "sdpa_sublayer": "SiglipAttention",
+        "cgspn_block": "CGSPNLayer",
+        "vit_block": "SiglipEncoderLayer",
+    }
+    assert layers["sdpa_sublayer"].config._attn_implementation == "sdpa"
+    assert layers["cgspn_block"].mixer.propagation_backend == "torch"
+    x = torch.randn(2, 5 * 5, 32)
+    for name, layer in layers.items():
+        assert bench_propagation.run_layer(name, layer, x, 5).shape == (2, 25, 32)
