@@ -1,8 +1,9 @@
 #!/bin/bash
 # One GPU-machine run (device tool): build the kernels, check a wheel install, run the demo and the whole test suite;
-# with --bench also the propagation and tower benchmarks and Nsight Compute profiles. Everything lands in $OUT.
-# Wheels of what the machine lacks (kernels, a newer transformers, datasets, evaluate, open_clip_torch, ...) are
-# carried in .whl/; the cgspn wheel in .whl/cgspn/ (`pip wheel --no-deps -w .whl/cgspn .`).
+# with --bench instead the propagation and tower benchmarks and Nsight Compute profiles. Everything lands in $OUT.
+# Wheels of what the machine lacks (kernels, a newer transformers, datasets, evaluate, open_clip_torch, ...) and the
+# cgspn wheel are carried in .whl/ (made here by benchmarks/device_wheels.sh). Each call stays under the device's
+# 10 minutes: the default run (build, wheel check, demo, suite) in one call, `--bench` in another.
 set -o pipefail
 OUT=${OUT:-/tmp/cgspn_out}
 mkdir -p "$OUT"
@@ -11,6 +12,18 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt"
 python3 kernels_src/build.py > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+
+if [ "$1" = "--bench" ]; then
+  python3 benchmarks/bench_propagation.py --out "$OUT/propagation.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
+  python3 benchmarks/bench_tower.py --memory --out "$OUT/tower.json" 2>&1 | tee "$OUT/tower.txt" | tail -30
+  for pass in fwd bwd; do  # the CUDA scan kernels at 2058 px
+    extra=""; [ "$pass" = bwd ] && extra="--backward"
+    timeout 120 ncu -k regex:propagate_$pass --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+      --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      python3 benchmarks/profile_propagation.py --backend cuda --grid 147 $extra > "$OUT/ncu_${pass}_cuda.txt" 2>&1
+  done
+  exit
+fi
 
 # The wheel in a fresh venv outside the repository (the machine's packages through a .pth file).
 purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'
@@ -24,14 +37,3 @@ python3 -m venv /tmp/wheel-venv && python3 -c "$purelib" > "$(/tmp/wheel-venv/bi
 timeout 500 python3 -m pytest -n 10 -q -p no:cacheprovider -rfEx > "$OUT/gpu_tests.log" 2>&1
 wait
 tail -3 "$OUT/demo.log"; tail -3 "$OUT/gpu_tests.log"
-
-if [ "$1" = "--bench" ]; then
-  python3 benchmarks/bench_propagation.py --out "$OUT/propagation.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
-  python3 benchmarks/bench_tower.py --memory --out "$OUT/tower.json" 2>&1 | tee "$OUT/tower.txt" | tail -30
-  for pass in fwd bwd; do  # the CUDA scan kernels at 2058 px
-    extra=""; [ "$pass" = bwd ] && extra="--backward"
-    timeout 120 ncu -k regex:propagate_$pass --launch-skip 1 --launch-count 1 --section SpeedOfLight \
-      --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-      python3 benchmarks/profile_propagation.py --backend cuda --grid 147 $extra > "$OUT/ncu_${pass}_cuda.txt" 2>&1
-  done
-fi
