@@ -15,7 +15,7 @@ python3 kernels_src/build.py > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.l
 
 if [ "$1" = "--bench" ]; then
   python3 benchmarks/bench_propagation.py --out "$OUT/propagation.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
-  python3 benchmarks/bench_tower.py --memory --out "$OUT/tower.json" 2>&1 | tee "$OUT/tower.txt" | tail -30
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 benchmarks/bench_tower.py --memory --out "$OUT/tower.json" 2>&1 | tee "$OUT/tower.txt" | tail -30
   for pass in fwd bwd; do  # the CUDA scan kernels at 2058 px
     extra=""; [ "$pass" = bwd ] && extra="--backward"
     timeout 120 ncu -k regex:propagate_$pass --launch-skip 1 --launch-count 1 --section SpeedOfLight \

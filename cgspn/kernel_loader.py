@@ -212,12 +212,19 @@ def hub_offline() -> bool:
 
 
 def hub_kernel_cached(repo_id: str, version: int) -> bool:
-    """Whether version ``version`` of ``repo_id`` is in the local kernels/HF cache (no network, nothing loaded)."""
+    """Whether version ``version`` of ``repo_id`` is in the local kernels/HF cache with a build variant for this
+    system (torch, CUDA, platform: what kernels would load offline), without loading it."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
+    from kernels.variants import get_variants_local, resolve_variant
 
     cache = os.environ.get("KERNELS_CACHE") or constants.HF_HUB_CACHE
-    return (Path(cache) / repo_folder_name(repo_id=repo_id, repo_type="kernel") / "refs" / f"v{version}").is_file()
+    folder = Path(cache) / repo_folder_name(repo_id=repo_id, repo_type="kernel")
+    ref = folder / "refs" / f"v{version}"
+    if not ref.is_file():
+        return False
+    build = folder / "snapshots" / ref.read_text().strip() / "build"
+    return resolve_variant(get_variants_local(build))[0] is not None
 
 
 def layer_repository(device_type: str, hub: tuple[str, int] | None) -> tuple[Any | None, str]:
@@ -236,7 +243,7 @@ def layer_repository(device_type: str, hub: tuple[str, int] | None) -> tuple[Any
         except BackendUnavailableError as error:
             reasons.append(f"cuda: {error}")
         if hub is not None and hub_offline() and not hub_kernel_cached(*hub):
-            reasons.append(f"hub: {hub[0]}@v{hub[1]} is not in the local cache and the hub is offline")
+            reasons.append(f"hub: {hub[0]}@v{hub[1]} has no build for this system in the local cache (offline)")
         elif hub is not None:
             repo_id, version = hub
             repository = kernels.LayerRepository(
@@ -296,7 +303,7 @@ def backend_info() -> dict[str, dict[str, Any]]:
     info["hub"] = {"source": f"{repo_id}@v{version}", "available": cached}
     if not cached:
         info["hub"]["reason"] = (
-            "not in the local cache; fetched only on an explicit choice "
+            "no build for this system in the local cache; fetched only on an explicit choice "
             "(from_pretrained(..., use_kernels=True) or CGSPN_PROPAGATION_BACKEND=hub)"
         )
     return info

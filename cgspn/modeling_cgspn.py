@@ -306,12 +306,19 @@ class CGSPNPreTrainedModel(PreTrainedModel):
         else the Triton build; a ``kernel_config`` given by the user is used as it is. Offline
         (``HF_HUB_OFFLINE``) only the C-GSPN layers are kernelized: transformers' own hub kernels (activations)
         could only come from the cache, and kernels raises instead of falling back when they are not there.
+        ``False`` gives every layer its own forward back. The kernels are chosen for the model's device at the
+        time of the call: load with ``device_map`` (or call this again after moving the model).
         """
         if kernel_config is not None and kernel_config.use_local_kernel:
             # transformers 5.24's from_pretrained rewrites each entry as (path, metadata), which its own
             # local-kernel mapping then cannot split: give it back the "path:Layer" string
             mapping = kernel_config.kernel_mapping
             kernel_config.kernel_mapping = {k: v[0] if isinstance(v, tuple) else v for k, v in mapping.items()}
+        if not use_kernels:  # kernels swaps forwards per instance: give every layer its class's forward back
+            for module in self.modules():
+                if hasattr(type(module), "kernel_layer_name"):
+                    module.__dict__.pop("forward", None)
+                    module.__dict__.pop("_kernel_repo", None)
         if not use_kernels or kernel_config is not None or getattr(self, "kernel_config", None) is not None:
             return super().set_use_kernels(use_kernels, kernel_config, mode)  # a KernelConfig is used as given
         import kernels
@@ -323,11 +330,15 @@ class CGSPNPreTrainedModel(PreTrainedModel):
             with kernels.use_kernel_mapping(mapping):
                 return super().set_use_kernels(use_kernels, kernel_config, mode)
         # transformers' set_use_kernels would first register its own hub mapping into the active one; this is its
-        # kernelize (the mode from `training` unless given, every failing layer keeping its forward) without it
+        # kernelize (the mode from `training` unless given, every failing layer keeping its forward) of the C-GSPN
+        # layers alone (the other hub layers, e.g. activations, keep their forward without a warning each)
         if mode is None:
             mode = kernels.Mode.TRAINING if self.training else kernels.Mode.INFERENCE
         with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
-            kernels.kernelize(self, mode=mode, device=self.device.type, use_fallback=kernels.KernelizeFallback.ALL)
+            for module in self.modules():
+                if isinstance(module, CGSPNPropagation):
+                    fallback = kernels.KernelizeFallback.ALL
+                    kernels.kernelize(module, mode=mode, device=self.device.type, use_fallback=fallback)
         self._use_kernels = True
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ from transformers import AutoModel
 
 from cgspn import CGSPNModel
 from cgspn.cli import main as cgspn_main
-from cgspn.data.digits import DIGIT_NAMES
+from cgspn.data.digits import DIGIT_NAMES, digits_split, load_digits
 from cgspn.demo import make_digits_dataset
 from cgspn.demo.pipeline import DemoSettings
 
@@ -62,3 +62,16 @@ def test_digits_dataset_is_stratified_masked_and_deterministic():
     again = make_digits_dataset(image_size=16, num_validation=20, num_test=100, seed=3).dataset["test"]
     assert again["label"] == splits["test"]["label"]
     assert np.array_equal(np.asarray(again[7]["image"]), np.asarray(splits["test"][7]["image"]))
+
+
+def test_digits_split_sizes_and_errors():
+    splits = digits_split({"test": 37, "validation": 0}, seed=1)
+    assert (len(splits["test"]), len(splits["validation"]), len(splits["train"])) == (37, 0, 1760)
+    assert not set(splits["test"]) & set(splits["train"])
+    with pytest.raises(ValueError, match='"train" is the rest'):
+        digits_split({"train": 100})
+    with pytest.raises(ValueError, match="split 'test': 1798 images asked, 1797 left"):
+        digits_split({"test": 1798})
+    _, labels = load_digits()
+    with pytest.raises(ValueError, match="read-only"):
+        labels[0] = 9

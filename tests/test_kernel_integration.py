@@ -6,6 +6,7 @@ forward ran is observed with spies on the model's own dispatch and on the kernel
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -132,7 +133,27 @@ def test_use_kernels_offline_maps_only_the_propagation(saved_model, host_calls, 
     model.train()  # re-kernelized for training through the same path
     model(pixel_values=pixels())
     assert host_calls == [] and len(kernel_calls) == 4
-    assert modes == [kernels.Mode.INFERENCE, kernels.Mode.TRAINING]
+    assert list(dict.fromkeys(modes)) == [kernels.Mode.INFERENCE, kernels.Mode.TRAINING]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="CPU: the Triton build under the interpreter")
+def test_use_kernels_false_gives_the_layers_their_forward_back(saved_model, host_calls, kernel_calls, caplog):
+    expected = reference_output(saved_model)
+    host_calls.clear()
+    with caplog.at_level(logging.WARNING):
+        model = AutoModel.from_pretrained(saved_model, use_kernels=True).eval()
+    assert "No kernel mapping found" not in caplog.text  # offline: only the C-GSPN layers are kernelized
+    with torch.no_grad():
+        model(pixel_values=pixels())
+    assert host_calls == [] and len(kernel_calls) == 2
+    model.set_use_kernels(False)
+    with torch.no_grad():
+        output = model(pixel_values=pixels()).last_hidden_state
+    assert not model.use_kernels and len(host_calls) == 2 and len(kernel_calls) == 2
+    torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    model.train()  # transformers re-kernelizes in train()/eval() only while use_kernels is on
+    model(pixel_values=pixels())
+    assert len(host_calls) == 4 and len(kernel_calls) == 2
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="CPU: the Triton build under the interpreter")
@@ -271,6 +292,18 @@ def make_hub_snapshot(cache: Path) -> Path:
     return repo_folder / "snapshots" / commit
 
 
+def test_hub_kernel_counts_as_cached_only_with_a_build_for_this_system(tmp_path, monkeypatch):
+    """Offline, the hub kernel is chosen only when its version's snapshot holds a variant kernels would load here;
+    a bare ref (or a snapshot without such a build) leaves the choice to the next kernel."""
+    monkeypatch.setenv("KERNELS_CACHE", str(tmp_path / "hf-cache"))
+    assert not kernel_loader.hub_kernel_cached(HUB_KERNEL_REPO_ID, HUB_KERNEL_VERSION)
+    snapshot = make_hub_snapshot(tmp_path / "hf-cache")
+    assert kernel_loader.hub_kernel_cached(HUB_KERNEL_REPO_ID, HUB_KERNEL_VERSION)
+    assert not kernel_loader.hub_kernel_cached(HUB_KERNEL_REPO_ID, HUB_KERNEL_VERSION + 1)
+    (snapshot / "build" / "torch-universal").rename(snapshot / "build" / "not-a-variant")
+    assert not kernel_loader.hub_kernel_cached(HUB_KERNEL_REPO_ID, HUB_KERNEL_VERSION)
+
+
 HUB_SCRIPT = """
 import json, sys, torch
 from cgspn import CGSPNVisionConfig, CGSPNVisionModel, propagate_ref, propagation
@@ -396,3 +429,7 @@ def test_use_kernels_on_cuda_uses_the_compiled_build(saved_model, host_calls):
         actual = model(pixel_values=pixels()).last_hidden_state
     assert host_calls == []
     torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-4)
+    model.set_use_kernels(False)  # the layers' own forward again
+    with torch.no_grad():
+        model(pixel_values=pixels())
+    assert len(host_calls) == 2

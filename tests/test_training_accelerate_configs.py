@@ -63,6 +63,23 @@ def test_fsdp_units_missing_from_a_student_are_dropped():
     keep_present_wrap_classes(None, tiny_pair(num_layers=2)[1])  # no FSDP: nothing to do
 
 
+def test_sharded_export_copy_keeps_the_trained_dtype_and_weights(monkeypatch):
+    """Under FSDP2 the export is a fresh copy (tests/fsdp_worker.py runs the sharded case): it holds the gathered
+    tower and the student's other weights, in the trained weights' dtype (a bf16 student is not exported as fp32)."""
+    from cgspn.training import trainer
+
+    _, student = tiny_pair(num_layers=2)
+    student = student.to(torch.bfloat16)
+    tower = vision_tower(student)
+    tower_state = {key: value + 1 for key, value in tower.state_dict().items()}  # "trained" weights
+    monkeypatch.setattr(trainer, "sharded_in_place", lambda module: True)
+    exported = trainer.with_tower_state(student, vision_tower, tower_state)
+    assert exported is not student
+    assert {value.dtype for value in exported.state_dict().values() if value.is_floating_point()} == {torch.bfloat16}
+    for key, value in vision_tower(exported).state_dict().items():
+        torch.testing.assert_close(value, tower_state[key], rtol=0, atol=0, msg=key)
+
+
 def test_deepspeed_config_agrees_with_the_trainer_defaults():
     """DeepSpeed clips and accumulates itself, from its config: the values must be the trainer's defaults."""
     defaults = {field.name: field.default for field in dataclasses.fields(TrainingArguments)}

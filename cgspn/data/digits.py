@@ -24,12 +24,16 @@ NUM_DIGITS_TEST = 500  # the held-out test images of the demo and the fidelity b
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """``(ink, labels)``: (1797, 8, 8) uint8 ink in 0..16 and (1797,) int64 labels (read-only arrays)."""
     rows = np.frombuffer(gzip.decompress(DIGITS_FILE.read_bytes()), dtype=np.uint8).reshape(-1, 65)
-    return rows[:, 1:].reshape(-1, 8, 8), rows[:, 0].astype(np.int64)
+    labels = rows[:, 0].astype(np.int64)
+    labels.setflags(write=False)  # cached: a caller's edit must not change the next call's result
+    return rows[:, 1:].reshape(-1, 8, 8), labels
 
 
 def digits_split(sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
     """Sorted indices of class-stratified held-out splits of exactly ``sizes`` images each, plus ``"train"`` (the
     rest). Each split takes every class's share of its size, the leftover places going to the largest remainders."""
+    if "train" in sizes:
+        raise ValueError('digits_split: "train" is the rest of the images; give only the held-out splits\' sizes')
     _, labels = load_digits()
     rng = np.random.default_rng(seed)
     pools = [rng.permutation(np.flatnonzero(labels == label)) for label in range(len(DIGIT_NAMES))]

@@ -526,8 +526,8 @@ def with_tower_state(
     student: nn.Module, vision_tower: Callable[[nn.Module], nn.Module], tower_state: dict[str, torch.Tensor]
 ) -> nn.Module:
     """``student`` with its vision tower set to the gathered ``tower_state``. Under FSDP2 the tower's parameters are
-    sharded in place (DTensors) and take no full tensors: the export is then a fresh unsharded copy (in the default
-    dtype, as ``from_pretrained`` builds it) holding ``tower_state`` and the student's other weights."""
+    sharded in place (DTensors) and take no full tensors: the export is then a fresh unsharded copy, in the trained
+    weights' dtype, holding ``tower_state`` and the student's other weights."""
     tower = vision_tower(student)
     if not sharded_in_place(tower):
         tower.load_state_dict(tower_state)
@@ -536,7 +536,8 @@ def with_tower_state(
     prefix = f"{prefix}." if prefix else ""
     state = {k: v for k, v in student.state_dict().items() if prefix and not k.startswith(prefix)}
     state.update({prefix + k: v.cpu() for k, v in tower_state.items()})
-    copy = type(student)(student.config)
+    dtype = next(value.dtype for value in tower_state.values() if value.is_floating_point())
+    copy = type(student)(student.config).to(dtype)
     copy.load_state_dict({k: v.cpu() for k, v in state.items()})
     return copy
 
