@@ -73,8 +73,8 @@ TARGETS = {
 # Kernel (device) or operator (CPU) names -> category, the first match wins.
 CATEGORIES = (
     ("propagation", ("propagat", "merge_directions")),
-    ("conv", ("conv", "fprop", "nchw")),  # cuDNN's patch-embedding kernels (before "cutlass" and "attention")
-    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax", "mha")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax", "mha")),  # cuDNN's sdpa kernels say "fprop" too
+    ("conv", ("conv", "fprop", "nchw")),  # cuDNN's patch-embedding kernels (before "cutlass")
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "linear")),
     ("norm", ("layer_norm", "layernorm", "norm")),
     ("elementwise/copy", ("elementwise", "copy", "vectorized", "gelu", "tanh", "add", "mul", "cat", "reduce", "fill")),

@@ -22,7 +22,7 @@ if not torch.cuda.is_available():  # must precede the first import of triton (de
 
 import pytest
 
-from cgspn import propagation
+from cgspn import kernel_loader, propagation
 from cgspn.propagation import BackendUnavailableError, load_backend, propagate, use_backend
 from cgspn.propagation_reference import propagate_ref
 
@@ -201,6 +201,7 @@ def test_cuda_backend_without_build_names_the_folder(fresh_dispatcher, monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("CGSPN_KERNEL_PATH", str(tmp_path / "explicit"))
     monkeypatch.setenv("CGSPN_KERNEL_CACHE", str(tmp_path / "cache"))
+    kernel_loader.build_script()  # the real build script (cached) names the variant; only the builds are missing
     monkeypatch.setattr("cgspn.kernel_loader.kernel_sources", lambda: tmp_path / "sources")
     with pytest.raises(
         BackendUnavailableError, match=r"no local build found for variant torch.*explicit.*kernels build"

@@ -51,6 +51,9 @@ def bench_propagation():
         ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>", "norm"),
         ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>", "elementwise/copy"),
         ("aten::convolution", "conv"),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_cga1x1x1", "attention"),
+        ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_64x64_64x5_nhwc>", "conv"),
+        ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>", "conv"),
         ("cudaLaunchKernel", "other"),
     ],
 )
