@@ -17,9 +17,10 @@ blocks 8, 17, 26, as the paper's student) and once all propagation. For each res
   checkpointing (does it fit one 80 GB GPU?).
 
 Writes one JSON file (device, versions, shapes, times in ms, ratios, the issue's targets and whether each is
-met) and prints a table. ``--smoke`` runs a tiny shape on any device (the test suite runs it on CPU).
+met) and prints a table. ``--compile`` measures every tower under ``torch.compile`` instead. ``--smoke`` runs a tiny
+shape on any device (the test suite runs it on CPU).
 
-Usage: ``python benchmarks/bench_tower.py [--out benchmarks/results/tower_h200.json] [--memory]``
+Usage: ``python benchmarks/bench_tower.py [--out benchmarks/results/tower_h100.json] [--memory] [--compile]``
 """
 
 from __future__ import annotations
@@ -169,9 +170,17 @@ def time_by_category(fn: Callable[[], object], device: torch.device) -> dict[str
 
 
 def bench_resolution(
-    shape: TowerShape, resolution: int, batch: int, device: torch.device, dtype: torch.dtype, budget_s: float
+    shape: TowerShape,
+    resolution: int,
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    budget_s: float,
+    compile_backend: str | None = None,
 ) -> dict:
     towers = build_towers(shape, resolution, device, dtype)
+    if compile_backend is not None:  # every tower compiled alike (fuses the norms, activations and residual adds)
+        towers = {name: torch.compile(tower, backend=compile_backend) for name, tower in towers.items()}
     pixel_values = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
     entry: dict = {"batch": batch, "grid": resolution // shape.patch_size, "towers": {}}
     for name, tower in towers.items():
@@ -258,10 +267,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny tower at 32 px (any device, fp32 on CPU)")
     parser.add_argument("--memory", action="store_true", help="also the 2058 px B=32 checkpointed training step")
     parser.add_argument("--budget-s", type=float, default=1.0, help="seconds of repetitions a measurement")
+    parser.add_argument("--resolutions", type=int, nargs="+", help="a subset of 378 518 1036 2058")
+    parser.add_argument(
+        "--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="torch.compile every tower"
+    )
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shape, shapes = (TINY, SMOKE_SHAPES) if args.smoke else (SO400M, SHAPES)
+    if args.resolutions:
+        unknown = set(args.resolutions) - {resolution for resolution, _ in shapes}
+        if unknown:
+            parser.error(f"--resolutions {sorted(unknown)}: choose from {[resolution for resolution, _ in shapes]}")
+        shapes = tuple((resolution, batch) for resolution, batch in shapes if resolution in args.resolutions)
     torch.manual_seed(0)
     result: dict = {
         "benchmark": "tower",
@@ -269,13 +287,14 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": str(dtype),
         "tower_shape": asdict(shape),
         "attn_implementation": "sdpa",
+        "torch_compile_backend": args.compile,
         "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "resolutions": {},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for resolution, batch in shapes:
         result["resolutions"][str(resolution)] = bench_resolution(
-            shape, resolution, batch, device, dtype, args.budget_s
+            shape, resolution, batch, device, dtype, args.budget_s, args.compile
         )
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # what is measured survives a later failure
     if args.memory and device.type == "cuda":

@@ -135,3 +135,22 @@ def test_contiguous_siglip_baseline_computes_the_same(bench):
         torch.testing.assert_close(
             towers["siglip_contiguous"](pixel_values).pooler_output, towers["siglip"](pixel_values).pooler_output
         )
+
+
+def test_smoke_run_compiled(bench, tmp_path):
+    """--compile runs every tower under torch.compile (aot_eager here: no C++ toolchain needed on CPU)."""
+    out = tmp_path / "tower.json"
+    torch._dynamo.reset()
+    bench.main(["--smoke", "--budget-s", "0", "--compile", "aot_eager", "--out", str(out)])
+    torch._dynamo.reset()
+    result = json.loads(out.read_text())
+    assert result["torch_compile_backend"] == "aot_eager"
+    towers = result["resolutions"]["32"]["towers"]
+    assert set(towers) == {"siglip", "siglip_contiguous", "hybrid", "all_propagation"}
+    assert all(tower["inference_ms"] > 0 and tower["train_step_ms"] > 0 for tower in towers.values())
+
+
+def test_resolutions_must_be_measured_ones(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--resolutions", "64", "--out", str(tmp_path / "tower.json")])
+    assert "--resolutions [64]: choose from [32]" in capsys.readouterr().err
