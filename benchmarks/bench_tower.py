@@ -82,14 +82,9 @@ CATEGORIES = (
 )
 
 
-def build_towers(shape: TowerShape, resolution: int, device: torch.device, dtype: torch.dtype) -> dict[str, nn.Module]:
-    """The SigLIP tower and the two C-GSPN towers at ``resolution``, on ``device`` in ``dtype``.
-
-    ``siglip_contiguous`` is the same SigLIP tower with its embeddings made contiguous (a forward hook): transformers'
-    ``SiglipVisionEmbeddings`` hands the encoder the convolution's transposed strides, which slow every residual add;
-    the speed-ups are reported against both.
-    """
-    common = {
+def tower_shape_kwargs(shape: TowerShape, resolution: int) -> dict:
+    """The config fields both libraries share, at ``resolution``."""
+    return {
         "hidden_size": shape.hidden_size,
         "intermediate_size": shape.intermediate_size,
         "num_hidden_layers": shape.num_hidden_layers,
@@ -97,10 +92,29 @@ def build_towers(shape: TowerShape, resolution: int, device: torch.device, dtype
         "patch_size": shape.patch_size,
         "image_size": resolution,
     }
-    towers = {"siglip": SiglipVisionModel._from_config(SiglipVisionConfig(**common), attn_implementation="sdpa")}
-    for name, hybrid in (("hybrid", list(shape.hybrid_layers)), ("all_propagation", [])):
-        config = CGSPNVisionConfig(**common, attention_layer_indices=hybrid, pooling="map")
-        towers[name] = CGSPNVisionModel._from_config(config, attn_implementation="sdpa")
+
+
+def cgspn_tower(shape: TowerShape, resolution: int, hybrid_layers: list[int]) -> CGSPNVisionModel:
+    """A C-GSPN tower (MAP head, sdpa) that keeps attention at ``hybrid_layers``."""
+    config = CGSPNVisionConfig(
+        **tower_shape_kwargs(shape, resolution), attention_layer_indices=hybrid_layers, pooling="map"
+    )
+    return CGSPNVisionModel._from_config(config, attn_implementation="sdpa")
+
+
+def build_towers(shape: TowerShape, resolution: int, device: torch.device, dtype: torch.dtype) -> dict[str, nn.Module]:
+    """The SigLIP tower and the two C-GSPN towers at ``resolution``, on ``device`` in ``dtype``.
+
+    ``siglip_contiguous`` is the same SigLIP tower with its embeddings made contiguous (a forward hook): transformers'
+    ``SiglipVisionEmbeddings`` hands the encoder the convolution's transposed strides, which slow every residual add;
+    the speed-ups are reported against both.
+    """
+    siglip_config = SiglipVisionConfig(**tower_shape_kwargs(shape, resolution))
+    towers = {
+        "siglip": SiglipVisionModel._from_config(siglip_config, attn_implementation="sdpa"),
+        "hybrid": cgspn_tower(shape, resolution, list(shape.hybrid_layers)),
+        "all_propagation": cgspn_tower(shape, resolution, []),
+    }
     towers = {name: tower.to(device=device, dtype=dtype) for name, tower in towers.items()}
     towers["siglip_contiguous"] = copy.deepcopy(towers["siglip"])
     towers["siglip_contiguous"].embeddings.register_forward_hook(lambda module, args, output: output.contiguous())
@@ -219,7 +233,7 @@ def bench_resolution(
 def training_peak_memory_gb(shape: TowerShape, resolution: int, batch: int, device: torch.device) -> dict:
     """Peak memory of one checkpointed bf16 training step of the hybrid C-GSPN tower (reserved memory decides the
     fit: that is what the allocator takes from the GPU); an out-of-memory error is recorded, not raised."""
-    tower = build_towers(shape, resolution, device, torch.bfloat16)["hybrid"]
+    tower = cgspn_tower(shape, resolution, list(shape.hybrid_layers)).to(device=device, dtype=torch.bfloat16)
     tower.gradient_checkpointing_enable()
     tower.train()
     result: dict = {"resolution": resolution, "batch": batch, "gpu_memory_gb": torch.cuda.mem_get_info(device)[1] / 1e9}

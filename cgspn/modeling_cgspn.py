@@ -334,10 +334,10 @@ class CGSPNPreTrainedModel(PreTrainedModel):
         # layers alone (the other hub layers, e.g. activations, keep their forward without a warning each)
         if mode is None:
             mode = kernels.Mode.TRAINING if self.training else kernels.Mode.INFERENCE
+        fallback = kernels.KernelizeFallback.ALL
         with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
             for module in self.modules():
                 if isinstance(module, CGSPNPropagation):
-                    fallback = kernels.KernelizeFallback.ALL
                     kernels.kernelize(module, mode=mode, device=self.device.type, use_fallback=fallback)
         self._use_kernels = True
 
