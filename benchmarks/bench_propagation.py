@@ -10,7 +10,9 @@ Measures for B=32, C=1152, Cc=64, bf16 and images of 378/518/1036/2058 px at pat
     propagate, up) against transformers' ``SiglipAttention`` with sdpa (16 heads), forward;
 (c) a C-GSPN block (``CGSPNLayer``) against transformers' ``SiglipEncoderLayer`` (sdpa, MLP 4304),
     forward and forward+backward;
-(d) peak memory of forward+backward for the op and both blocks.
+(d) peak memory of forward+backward for the op and both blocks;
+(e) the CUDA kernel under each launch-shape override (``CUDA_CONFIGS``), at B=32 and at the batch the tower
+    benchmark uses at that resolution.
 
 Whole towers (``CGSPNVisionModel`` against ``SiglipVisionModel``) are timed by ``bench_tower.py``.
 Writes one JSON file (device, versions, shapes, times in ms, ratios) and prints a table.
@@ -25,7 +27,6 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,11 +35,16 @@ from torch import nn
 from transformers import SiglipVisionConfig
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent))  # after PYTHONPATH: an installed cgspn wins
 
-from cgspn import CGSPNVisionConfig
-from cgspn.modeling_cgspn import CGSPNLayer, CGSPNPropagation
-from cgspn.propagation import available_backends, load_backend
+from bench_tower import SHAPES as TOWER_SHAPES  # noqa: E402
+from timing import median_ms  # noqa: E402
+
+from cgspn import CGSPNVisionConfig  # noqa: E402
+from cgspn.modeling_cgspn import CGSPNLayer, CGSPNPropagation  # noqa: E402
+from cgspn.propagation import available_backends, load_backend  # noqa: E402
 
 PATCH = 14
 RESOLUTIONS = (378, 518, 1036, 2058)
@@ -51,24 +57,8 @@ DTYPE = torch.bfloat16
 
 
 def bench(fn: Callable[[], object], min_reps: int = 5, budget_s: float = 1.0) -> float:
-    """Median time (ms) of ``fn`` with CUDA events, after warm-up; repetitions fit ``budget_s``."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    once = time.perf_counter() - start
-    reps = max(min_reps, min(100, int(budget_s / max(once, 1e-6))))
-    times = []
-    for _ in range(reps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(begin.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+    """Median device time (ms) of ``fn`` on the GPU."""
+    return median_ms(fn, torch.device("cuda"), min_reps, budget_s)
 
 
 def peak_memory_gb(fn: Callable[[], object]) -> float:
@@ -172,19 +162,25 @@ def bench_triton_configs(grid: int) -> dict:
 
 CUDA_CONFIGS = {  # launch-shape overrides read by the CUDA kernel's host code
     "default": {},
-    "no_prefetch": {"CGSPN_CUDA_PREFETCH": "0"},
+    "stages0": {"CGSPN_CUDA_STAGES": "0"},
+    "stages1": {"CGSPN_CUDA_STAGES": "1"},
+    "stages2": {"CGSPN_CUDA_STAGES": "2"},
+    "stages3": {"CGSPN_CUDA_STAGES": "3"},
+    "stages4": {"CGSPN_CUDA_STAGES": "4"},
     "vec4": {"CGSPN_CUDA_VEC_DIVISOR": "2"},
-    "vec4_no_prefetch": {"CGSPN_CUDA_VEC_DIVISOR": "2", "CGSPN_CUDA_PREFETCH": "0"},
     "block32": {"CGSPN_CUDA_BLOCK_CHANNELS": "32"},
-    "block32_vec4": {"CGSPN_CUDA_BLOCK_CHANNELS": "32", "CGSPN_CUDA_VEC_DIVISOR": "2"},
+    "block16": {"CGSPN_CUDA_BLOCK_CHANNELS": "16"},
+    "block8": {"CGSPN_CUDA_BLOCK_CHANNELS": "8"},
+    "block8_stages4": {"CGSPN_CUDA_BLOCK_CHANNELS": "8", "CGSPN_CUDA_STAGES": "4"},
 }
+TOWER_BATCH = dict(TOWER_SHAPES)  # resolution -> the tower benchmark's batch: the op's shapes inside those towers
 
 
-def bench_cuda_configs(grid: int) -> dict:
+def bench_cuda_configs(grid: int, batch: int = BATCH) -> dict:
     """Forward and forward+backward (ms) of the CUDA kernel under each launch-shape override."""
     fn = load_backend("cuda")
-    z = torch.randn(BATCH, grid, grid, PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
-    g = 2 * torch.randn(BATCH, grid, grid, 20 * PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
+    z = torch.randn(batch, grid, grid, PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
+    g = 2 * torch.randn(batch, grid, grid, 20 * PROPAGATION_CHANNELS, device="cuda", dtype=DTYPE)
     dy = torch.randn_like(z)
     zg, gg = z.clone().requires_grad_(), g.clone().requires_grad_()
     results = {}
@@ -274,9 +270,13 @@ def main(argv: list[str] | None = None) -> None:
                 f" ({op['fwd_bwd_over_fwd']:.2f}x)  peak {op['peak_mem_fwd_bwd_gb']:.2f} GB",
                 flush=True,
             )
-        if "cuda" in backends and grid >= 74:
+        if "cuda" in backends:
             entry["cuda_configs"] = bench_cuda_configs(grid)
-            print(f"{resolution:5d} cuda configs {json.dumps(entry['cuda_configs'])}", flush=True)
+            print_configs(f"{resolution} B={BATCH}", entry["cuda_configs"])
+            batch = TOWER_BATCH.get(resolution, BATCH)
+            if batch != BATCH:
+                entry["cuda_configs_tower_batch"] = {"batch": batch, **bench_cuda_configs(grid, batch)}
+                print_configs(f"{resolution} B={batch}", entry["cuda_configs_tower_batch"])
         if "triton" in backends and grid >= 74:
             entry["triton_configs_fwd_ms"] = bench_triton_configs(grid)
             print(f"{resolution:5d} triton configs {entry['triton_configs_fwd_ms']}", flush=True)
@@ -290,6 +290,14 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
+
+
+def print_configs(label: str, configs: dict) -> None:
+    """One line of forward / forward+backward times (us) per launch configuration."""
+    cells = [
+        f"{name} {t['fwd_ms'] * 1e3:.0f}/{t['fwd_bwd_ms'] * 1e3:.0f}" for name, t in configs.items() if name != "batch"
+    ]
+    print(f"{label} cuda configs fwd/fwd+bwd us: " + "  ".join(cells), flush=True)
 
 
 def print_table(result: dict) -> None:

@@ -9,7 +9,7 @@ blocks 8, 17, 26, as the paper's student) and once all propagation. For each res
 - a training step: forward, a loss on the pooled output, backward, AdamW step;
 - SigLIP twice: as shipped, and with contiguous embeddings (its residual stream otherwise keeps the patch
   convolution's transposed strides); speed-ups are given against both;
-- where each tower's inference time goes: one profiled forward, device time by kernel category
+- where each tower's time goes: one profiled forward and one profiled training step, device time by kernel category
   (matmul, attention, propagation, norm, elementwise/copy, conv, other), and the bound it sets: the
   SigLIP tower's time over the C-GSPN tower's matmul time (the speed-up if everything but the matmuls
   were free);
@@ -17,8 +17,9 @@ blocks 8, 17, 26, as the paper's student) and once all propagation. For each res
   checkpointing (does it fit one 80 GB GPU?).
 
 Writes one JSON file (device, versions, shapes, times in ms, ratios, the issue's targets and whether each is
-met) and prints a table. ``--compile`` measures every tower under ``torch.compile`` instead. ``--smoke`` runs a tiny
-shape on any device (the test suite runs it on CPU).
+met) and prints a table. ``--compile`` runs the C-GSPN towers under ``torch.compile`` (SigLIP both eager, as shipped,
+and compiled); ``--towers`` picks the C-GSPN towers. ``--smoke`` runs a tiny shape on any device (the test suite
+runs it on CPU).
 
 Usage: ``python benchmarks/bench_tower.py [--out benchmarks/results/tower_h100.json] [--memory] [--compile]``
 """
@@ -29,7 +30,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent))  # after PYTHONPATH: an installed cgspn wins
 
 from machine import machine_facts  # noqa: E402
+from timing import median_ms, synchronize  # noqa: E402
 
 from cgspn import CGSPNVisionConfig, CGSPNVisionModel  # noqa: E402
 
@@ -61,6 +62,7 @@ class TowerShape:
 
 
 SO400M = TowerShape(1152, 4304, 27, 16, 14, (8, 17, 26))
+CGSPN_TOWERS = ("hybrid", "all_propagation")  # attention kept at the shape's hybrid layers / nowhere
 TINY = TowerShape(64, 128, 4, 4, 4, (2,))
 # (resolution, batch) of issue 14's measurements; the smoke run's one shape
 SHAPES = ((378, 32), (518, 16), (1036, 4), (2058, 1))
@@ -102,44 +104,34 @@ def cgspn_tower(shape: TowerShape, resolution: int, hybrid_layers: list[int]) ->
     return CGSPNVisionModel._from_config(config, attn_implementation="sdpa")
 
 
-def build_towers(shape: TowerShape, resolution: int, device: torch.device, dtype: torch.dtype) -> dict[str, nn.Module]:
-    """The SigLIP tower and the two C-GSPN towers at ``resolution``, on ``device`` in ``dtype``.
+def build_towers(
+    shape: TowerShape,
+    resolution: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    cgspn_towers: tuple[str, ...] = CGSPN_TOWERS,
+    compile_backend: str | None = None,
+) -> dict[str, nn.Module]:
+    """SigLIP as shipped, a second SigLIP baseline, and the C-GSPN towers at ``resolution`` on ``device`` in ``dtype``.
 
-    ``siglip_contiguous`` is the same SigLIP tower with its embeddings made contiguous (a forward hook): transformers'
-    ``SiglipVisionEmbeddings`` hands the encoder the convolution's transposed strides, which slow every residual add;
-    the speed-ups are reported against both.
+    Eager: the second baseline, ``siglip_contiguous``, is SigLIP with its embeddings made contiguous (a forward hook):
+    transformers' ``SiglipVisionEmbeddings`` hands the encoder the convolution's transposed strides, which slow every
+    residual add. With ``compile_backend`` the C-GSPN towers run under ``torch.compile`` and the second baseline is
+    ``siglip_compiled``; ``siglip`` stays eager (issue 14's baseline). Speed-ups are reported against both.
     """
     siglip_config = SiglipVisionConfig(**tower_shape_kwargs(shape, resolution))
-    towers = {
-        "siglip": SiglipVisionModel._from_config(siglip_config, attn_implementation="sdpa"),
-        "hybrid": cgspn_tower(shape, resolution, list(shape.hybrid_layers)),
-        "all_propagation": cgspn_tower(shape, resolution, []),
-    }
-    towers = {name: tower.to(device=device, dtype=dtype) for name, tower in towers.items()}
-    towers["siglip_contiguous"] = copy.deepcopy(towers["siglip"])
-    towers["siglip_contiguous"].embeddings.register_forward_hook(lambda module, args, output: output.contiguous())
+    siglip = SiglipVisionModel._from_config(siglip_config, attn_implementation="sdpa").to(device=device, dtype=dtype)
+    towers: dict[str, nn.Module] = {"siglip": siglip}
+    if compile_backend is None:
+        towers["siglip_contiguous"] = copy.deepcopy(siglip)
+        towers["siglip_contiguous"].embeddings.register_forward_hook(lambda module, args, output: output.contiguous())
+    else:
+        towers["siglip_compiled"] = torch.compile(copy.deepcopy(siglip), backend=compile_backend)
+    for name in cgspn_towers:
+        hybrid_layers = list(shape.hybrid_layers) if name == "hybrid" else []
+        tower = cgspn_tower(shape, resolution, hybrid_layers).to(device=device, dtype=dtype)
+        towers[name] = tower if compile_backend is None else torch.compile(tower, backend=compile_backend)
     return towers
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, min_reps: int, budget_s: float) -> float:
-    """Median wall time of ``fn`` in ms (device-synchronized), after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    synchronize(device)
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < min_reps or spent < budget_s:
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(1e3 * (time.perf_counter() - start))
-        spent += times[-1] / 1e3
-    return statistics.median(times)
 
 
 def training_step(tower: nn.Module, pixel_values: torch.Tensor) -> Callable[[], None]:
@@ -190,35 +182,42 @@ def bench_resolution(
     device: torch.device,
     dtype: torch.dtype,
     budget_s: float,
+    cgspn_towers: tuple[str, ...] = CGSPN_TOWERS,
     compile_backend: str | None = None,
 ) -> dict:
-    towers = build_towers(shape, resolution, device, dtype)
-    if compile_backend is not None:  # every tower compiled alike (fuses the norms, activations and residual adds)
-        towers = {name: torch.compile(tower, backend=compile_backend) for name, tower in towers.items()}
+    towers = build_towers(shape, resolution, device, dtype, cgspn_towers, compile_backend)
     pixel_values = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
     entry: dict = {"batch": batch, "grid": resolution // shape.patch_size, "towers": {}}
     for name, tower in towers.items():
         tower.eval()
         forward = partial(tower, pixel_values)
         with torch.inference_mode():
-            inference = time_ms(forward, device, 3, budget_s)
+            inference = median_ms(forward, device, 3, budget_s)
             categories = time_by_category(forward, device)
         tower.train()
-        train_step = time_ms(training_step(tower, pixel_values), device, 2, budget_s)
+        step = training_step(tower, pixel_values)
+        train_step = median_ms(step, device, 2, budget_s)
+        train_categories = time_by_category(step, device)
         entry["towers"][name] = {
             "parameters_m": sum(p.numel() for p in tower.parameters()) / 1e6,
             "inference_ms": inference,
             "train_step_ms": train_step,
             "inference_ms_by_category": categories,
+            "train_step_ms_by_category": train_categories,
         }
         print(
-            f"{resolution:5d} B={batch:<3d} {name:16s} inference {inference:9.2f} ms  train step {train_step:9.2f} ms"
+            f"{resolution:5d} B={batch:<3d} {name:17s} inference {inference:9.2f} ms  train step {train_step:9.2f} ms"
         )
-        print(f"{'':10s}{name:16s} " + "  ".join(f"{k} {v:.2f}" for k, v in categories.items()), flush=True)
-    for name in ("hybrid", "all_propagation"):
+        for label, split in (("inference", categories), ("train step", train_categories)):
+            print(f"{'':10s}{label:>17s} " + "  ".join(f"{k} {v:.2f}" for k, v in split.items()), flush=True)
+    second_baseline = "siglip_contiguous" if compile_backend is None else "siglip_compiled"
+    for name in cgspn_towers:
         tower = entry["towers"][name]
         matmul = tower["inference_ms_by_category"].get("matmul", 0.0)
-        for baseline, suffix in (("siglip", ""), ("siglip_contiguous", "_vs_contiguous_siglip")):
+        for baseline, suffix in (
+            ("siglip", ""),
+            (second_baseline, f"_vs_{second_baseline.removeprefix('siglip_')}_siglip"),
+        ):
             reference = entry["towers"][baseline]
             tower[f"inference_speedup{suffix}"] = reference["inference_ms"] / tower["inference_ms"]
             tower[f"train_step_speedup{suffix}"] = reference["train_step_ms"] / tower["train_step_ms"]
@@ -259,7 +258,7 @@ def check_targets(resolutions: dict) -> list[dict]:
     for (tower, measurement), goals in TARGETS.items():
         for resolution, goal in goals.items():
             entry = resolutions.get(str(resolution))
-            if entry is None:
+            if entry is None or tower not in entry["towers"]:
                 continue
             got = entry["towers"][tower][f"{measurement}_speedup"]
             rows.append(
@@ -283,7 +282,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=1.0, help="seconds of repetitions a measurement")
     parser.add_argument("--resolutions", type=int, nargs="+", help="a subset of 378 518 1036 2058")
     parser.add_argument(
-        "--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="torch.compile every tower"
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="torch.compile the C-GSPN towers (SigLIP timed eager as shipped and compiled)",
+    )
+    parser.add_argument(
+        "--towers", nargs="+", choices=CGSPN_TOWERS, default=list(CGSPN_TOWERS), help="the C-GSPN towers to time"
     )
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -308,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for resolution, batch in shapes:
         result["resolutions"][str(resolution)] = bench_resolution(
-            shape, resolution, batch, device, dtype, args.budget_s, args.compile
+            shape, resolution, batch, device, dtype, args.budget_s, tuple(args.towers), args.compile
         )
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # what is measured survives a later failure
     if args.memory and device.type == "cuda":

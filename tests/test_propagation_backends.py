@@ -353,10 +353,15 @@ def test_gpu_non_finite_deterministic_compile(backend):
 
 
 CUDA_LAUNCH_OVERRIDES = [  # the launch shapes benchmarks/bench_propagation.py compares
-    {"CGSPN_CUDA_PREFETCH": "0"},
+    {"CGSPN_CUDA_STAGES": "0"},
+    {"CGSPN_CUDA_STAGES": "1"},
+    {"CGSPN_CUDA_STAGES": "3"},
+    {"CGSPN_CUDA_STAGES": "4"},
     {"CGSPN_CUDA_VEC_DIVISOR": "2"},
-    {"CGSPN_CUDA_VEC_DIVISOR": "2", "CGSPN_CUDA_PREFETCH": "0"},
+    {"CGSPN_CUDA_VEC_DIVISOR": "2", "CGSPN_CUDA_STAGES": "0"},
+    {"CGSPN_CUDA_VEC_DIVISOR": "2", "CGSPN_CUDA_STAGES": "4"},
     {"CGSPN_CUDA_BLOCK_CHANNELS": "32"},
+    {"CGSPN_CUDA_BLOCK_CHANNELS": "8"},
     {"CGSPN_CUDA_BLOCK_CHANNELS": "16", "CGSPN_CUDA_VEC_DIVISOR": "2"},
 ]
 

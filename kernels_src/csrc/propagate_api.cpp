@@ -29,6 +29,8 @@ namespace {
   TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
 
 // Launch-shape overrides for benchmarking (unset: the defaults below).
+constexpr int kDefaultStages = 2;
+
 int env_int(const char* name, int fallback) {
   const char* value = std::getenv(name);
   return value == nullptr || *value == '\0' ? fallback : std::atoi(value);
@@ -49,14 +51,11 @@ void fit_line(LaunchShape& shape, int len, int max_threads) {
   shape.threads_p = threads / shape.lanes;
 }
 
-// Shared memory of the line exchange: `line_arrays` float32 arrays (forward 1, backward 2) of two line slots.
-size_t exchange_bytes(const LaunchShape& shape, int line_arrays) {
-  return static_cast<size_t>(2) * line_arrays * shape.threads_p * shape.ppt * shape.lanes * shape.vec * sizeof(float);
-}
-
 // A block scans one (channel block, direction, batch): whole 64-channel rows when the grid
 // fills the GPU (a warp then reads whole 128-byte lines, five consecutive lines a position:
-// DRAM-friendly), halved down to 16 channels (32 bytes) while there are fewer blocks than SMs.
+// DRAM-friendly), halved down to one thread's vector while there are fewer blocks than half the SMs
+// (small batches are bound by each SM's scan arithmetic, not by DRAM: at 2058 px, B=1, 8-channel
+// blocks ran the forward in 279 us against 335 us with 16 on the H100).
 // The line is spread over the block's position threads, PPT positions a thread; long lines get
 // fewer channels a block until the line exchange fits shared memory. cgspn/propagation.py's
 // cuda_max_line_length() states the lines this always fits (the dispatch hands longer ones on).
@@ -68,9 +67,8 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
   const int vec_divisor = std::max(1, env_int("CGSPN_CUDA_VEC_DIVISOR", 1));  // 2: 8-byte loads
   shape.vec = full_vec / vec_divisor;
   if (shape.vec < 1 || channels % shape.vec != 0) shape.vec = channels % full_vec == 0 ? full_vec : 1;
-  shape.prefetch = env_int("CGSPN_CUDA_PREFETCH", 1) != 0;
   const auto* device = at::cuda::getCurrentDeviceProperties();
-  const int min_block_channels = std::max(shape.vec, 32 / elem);
+  const int min_block_channels = shape.vec;
   int block_channels = std::max(min_block_channels, std::min(next_pow2(channels), max_block_channels));
   while (block_channels > min_block_channels &&
          static_cast<int64_t>(batch) * kDirections * ((channels + block_channels - 1) / block_channels) <
@@ -95,22 +93,35 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
   return shape;
 }
 
-// Backward launch shape: staged inputs (cp.async) when its shared memory fits, with narrower
-// channel blocks if that is what makes it fit.
+// Lines of inputs the scan streams ahead (CGSPN_CUDA_STAGES, default kDefaultStages): as many as the
+// block's shared memory holds beside its line exchange, none for vectors under 8 bytes (cp.async).
+int requested_stages() { return std::clamp(env_int("CGSPN_CUDA_STAGES", kDefaultStages), 0, kMaxStages); }
+
+void fit_stages(LaunchShape& shape, int line_arrays, int elem_bytes) {
+  const int inputs = line_arrays > 1 ? kBackwardInputs : kForwardInputs;
+  const size_t shared_memory = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  shape.stages = shape.vec * elem_bytes >= 8 ? requested_stages() : 0;
+  while (shape.stages > 0 && exchange_bytes(shape, line_arrays) + ring_bytes(shape, inputs, elem_bytes) > shared_memory)
+    --shape.stages;
+}
+
+// Forward launch shape with its input ring.
+LaunchShape choose_fwd_shape(int batch, int height, int width, int channels, at::ScalarType dtype) {
+  LaunchShape shape = choose_shape(batch, height, width, channels, dtype, 1);
+  fit_stages(shape, 1, static_cast<int>(c10::elementSize(dtype)));
+  return shape;
+}
+
+// Backward launch shape: an input ring of at least one line when narrower channel blocks make it fit.
 LaunchShape choose_bwd_shape(int batch, int height, int width, int channels, at::ScalarType dtype) {
   const int elem = static_cast<int>(c10::elementSize(dtype));
-  const size_t optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   LaunchShape shape = choose_shape(batch, height, width, channels, dtype, 2);
-  auto smem = [&](const LaunchShape& s) {
-    const size_t per_thread_slots = static_cast<size_t>(s.lanes) * s.threads_p * s.ppt * s.vec;
-    return per_thread_slots * (4 * sizeof(float) + 7 * elem);
-  };
-  if (!shape.prefetch || shape.vec * elem < 8) return shape;
-  for (int cap = shape.lanes * shape.vec; smem(shape) > optin && cap > 16;) {
+  fit_stages(shape, 2, elem);
+  for (int cap = shape.lanes * shape.vec; shape.stages == 0 && requested_stages() > 0 && shape.vec * elem >= 8 && cap > 16;) {
     cap /= 2;
     shape = choose_shape(batch, height, width, channels, dtype, 2, cap);
+    fit_stages(shape, 2, elem);
   }
-  shape.prefetch = smem(shape) <= optin;
   return shape;
 }
 
@@ -184,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> propagate_fwd(const at::Tensor& z_in, const a
   p.channels = C;
   p.numel = z.numel();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  launch_propagate_fwd(p, choose_shape(B, H, W, C, z.scalar_type(), 1), dtype, stream);
+  launch_propagate_fwd(p, choose_fwd_shape(B, H, W, C, z.scalar_type()), dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_merge_directions(partial.data_ptr<float>(), y.data_ptr(), p.numel, dtype, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

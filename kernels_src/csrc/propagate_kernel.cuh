@@ -4,10 +4,12 @@
 // channels), the neighbour exchange h[t-1, p +- 1] goes through shared memory (two line slots,
 // one barrier a line), and each direction writes a float32 partial merged afterwards in a
 // fixed order (deterministic, no atomics). With 64-channel blocks a warp reads whole 128-byte
-// lines, a position's five fields adjacent; the *_prefetch / STAGED variants stream the next
-// line's inputs into shared memory with cp.async while the current line is computed (the scan
-// is otherwise one DRAM latency a line: 1.9 ms -> 1.3 ms forward at 2058 px on the H100).
+// lines, a position's five fields adjacent. The inputs of the next lines stream into shared
+// memory with cp.async while the current line is computed (InputStream; the scan is otherwise
+// one DRAM latency a line: 1.9 ms -> 1.3 ms forward at 2058 px on the H100 with one line ahead).
 #pragma once
+
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -136,25 +138,149 @@ constexpr int max_threads() {
   return VEC * static_cast<int>(sizeof(T)) >= 16 ? 512 : 1024;
 }
 
+// cp.async (sm_80+): 8- or 16-byte global -> shared copies that complete in the background.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  if constexpr (BYTES == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(gmem_src), "n"(BYTES) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Wait until at most `pending` (0 .. kMaxStages - 1) of this thread's copy groups are in flight.
+__device__ __forceinline__ void cp_async_wait_pending(int pending) {
+  switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+  }
+}
+
+// The inputs a thread reads at its positions of each line: z, dy (backward only), then the direction's five
+// fields. With `stages` > 0 the next `stages` lines' inputs stream into a ring of shared-memory slots with
+// cp.async (one copy group a line) while the current line is computed, so the scan pays one DRAM latency
+// every `stages` lines instead of every line; with 0 they are loaded from global memory when needed. Each
+// thread copies and reads only its own chunks, so no barrier guards the ring. Ring layout: chunk
+// (stage, position slot k, input i) at [((stage * PPT + k) * kInputs + i) * threads + thread] (consecutive
+// threads, consecutive chunks: no bank conflicts).
+template <typename T, int VEC, int PPT, bool WITH_DY>
+class InputStream {
+ public:
+  using Chunk = Pack<T, VEC>;
+  static constexpr int kInputs = WITH_DY ? kBackwardInputs : kForwardInputs;
+  static constexpr bool kCanStage = sizeof(Chunk) >= 8;
+
+  // `reverse`: lines visited last to first (the backward's order); `active`: the thread's channels exist.
+  __device__ InputStream(const PropagateParams& p, const LineGeometry& geo, int direction, int c0, bool active,
+                         bool reverse, void* ring, int stages)
+      : z_(static_cast<const T*>(p.z)),
+        dy_(static_cast<const T*>(p.dy)),
+        g_(static_cast<const T*>(p.g)),
+        geo_(geo),
+        grid_base_(static_cast<int64_t>(blockIdx.z) * p.height * p.width),
+        channels_(p.channels),
+        direction_(direction),
+        c0_(c0),
+        active_(active),
+        reverse_(reverse),
+        threads_(blockDim.x * blockDim.y),
+        stages_(kCanStage ? stages : 0),
+        stage_(0),
+        ring_(static_cast<Chunk*>(ring) + threadIdx.y * blockDim.x + threadIdx.x) {
+    for (int s = 0; s < stages_; ++s) {
+#pragma unroll
+      for (int k = 0; k < PPT; ++k) issue(s, s, k);
+      cp_async_commit();
+    }
+  }
+
+  // Line scanned at `step` (0 = the first one visited).
+  __device__ __forceinline__ int line(int step) const { return reverse_ ? geo_.num_lines - 1 - step : step; }
+  __device__ __forceinline__ int64_t cell(int step, int pos) const { return geo_.cell(grid_base_, line(step), pos); }
+
+  // Before reading the inputs of `step`: its copies have landed.
+  __device__ __forceinline__ void wait() const {
+    if (stages_ > 0) cp_async_wait_pending(stages_ - 1);
+  }
+
+  // The inputs of position slot k (grid cell `cell`) at `step`; then the slot starts receiving step + stages.
+  __device__ __forceinline__ void read(int step, int k, int64_t cell, Fields<VEC>& f, float (&dy)[VEC]) {
+    if (stages_ > 0) {
+      const Chunk* src = ring_ + (stage_ * PPT + k) * kInputs * threads_;
+      Chunk in[kInputs];
+#pragma unroll
+      for (int i = 0; i < kInputs; ++i) in[i] = src[i * threads_];
+      constexpr int o = kInputs - kFields;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        f.z[v] = to_float(in[0].v[v]);
+        if constexpr (WITH_DY) dy[v] = to_float(in[1].v[v]);
+        f.lam[v] = to_float(in[o].v[v]);
+        f.u[v] = to_float(in[o + 1].v[v]);
+        f.wt_prev[v] = to_float(in[o + 2].v[v]);
+        f.wt_self[v] = to_float(in[o + 3].v[v]);
+        f.wt_next[v] = to_float(in[o + 4].v[v]);
+      }
+      issue(step + stages_, stage_, k);
+    } else {
+      load_fields<T, VEC>(z_, g_, cell, channels_, direction_, c0_, f);
+      if constexpr (WITH_DY) load_vec<T, VEC>(dy_ + cell * channels_ + c0_, dy);
+    }
+  }
+
+  // After the line: its refills form one copy group; the next line's stage comes up.
+  __device__ __forceinline__ void next_line() {
+    if (stages_ == 0) return;
+    cp_async_commit();
+    stage_ = stage_ + 1 == stages_ ? 0 : stage_ + 1;
+  }
+
+ private:
+  __device__ __forceinline__ void issue(int step, int stage, int k) const {
+    if constexpr (kCanStage) {
+      const int pos = threadIdx.y + k * blockDim.y;
+      if (!active_ || pos >= geo_.line_len || step >= geo_.num_lines) return;
+      const int64_t at = cell(step, pos);
+      Chunk* dst = ring_ + (stage * PPT + k) * kInputs * threads_;
+      cp_async<sizeof(Chunk)>(dst, z_ + at * channels_ + c0_);
+      if constexpr (WITH_DY) cp_async<sizeof(Chunk)>(dst + threads_, dy_ + at * channels_ + c0_);
+      const T* row = g_ + at * (kDirections * kFields * channels_) + direction_ * kFields * channels_ + c0_;
+#pragma unroll
+      for (int i = 0; i < kFields; ++i) cp_async<sizeof(Chunk)>(dst + (kInputs - kFields + i) * threads_, row + i * channels_);
+    }
+  }
+
+  const T* z_;
+  const T* dy_;
+  const T* g_;
+  LineGeometry geo_;
+  int64_t grid_base_;
+  int channels_, direction_, c0_;
+  bool active_, reverse_;
+  int threads_, stages_, stage_;
+  Chunk* ring_;
+};
+
 template <typename T, int VEC, int PPT>
-__global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_fwd_kernel(const PropagateParams p) {
-  extern __shared__ float smem[];  // [2 slots][PPT * blockDim.y positions][channel block]
+__global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_fwd_kernel(const PropagateParams p, const int stages) {
+  extern __shared__ __align__(16) float smem[];  // [2 line slots][PPT * blockDim.y positions][channel block], ring
   const int lanes = blockDim.x;
   const int cb = lanes * VEC;
   const int slots = blockDim.y * PPT;
   const int c0 = blockIdx.x * cb + threadIdx.x * VEC;
+  const int lane_off = threadIdx.x * VEC;
   const int direction = blockIdx.y;
-  const int b = blockIdx.z;
   const LineGeometry geo(direction, p.height, p.width);
   const int len = geo.line_len;
   const bool c_ok = c0 < p.channels;
-  const T* z = static_cast<const T*>(p.z);
-  const T* g = static_cast<const T*>(p.g);
-  const int64_t grid_base = static_cast<int64_t>(b) * p.height * p.width;
   float* partial = p.partial + direction * p.numel;
-  float* states = p.states_out == nullptr
-                      ? nullptr
-                      : p.states_out + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * p.channels;
+  float* states = p.states_out == nullptr ? nullptr
+                                          : p.states_out + (static_cast<int64_t>(direction) * p.batch + blockIdx.z) *
+                                                               p.height * p.width * p.channels;
+  InputStream<T, VEC, PPT, false> in(p, geo, direction, c0, c_ok, false, smem + 2 * slots * cb, stages);
 
   float h[PPT][VEC];
 #pragma unroll
@@ -163,19 +289,20 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_fwd_kernel(co
   for (int t = 0; t < geo.num_lines; ++t) {
     const float* prev_line = smem + ((t + 1) & 1) * slots * cb;
     float* this_line = smem + (t & 1) * slots * cb;
+    in.wait();
 #pragma unroll
     for (int k = 0; k < PPT; ++k) {
       const int pos = threadIdx.y + k * blockDim.y;
       if (!c_ok || pos >= len) continue;
       const bool has_prev = pos >= 1;
       const bool has_next = pos + 1 < len;
-      const int64_t cell = geo.cell(grid_base, t, pos);
+      const int64_t cell = in.cell(t, pos);
       Fields<VEC> f;
-      load_fields<T, VEC>(z, g, cell, p.channels, direction, c0, f);
+      float unused[VEC];
+      in.read(t, k, cell, f, unused);
       float left[VEC], right[VEC], out[VEC];
       zero(left);
       zero(right);
-      const int lane_off = threadIdx.x * VEC;
       if (t > 0) {
 #pragma unroll
         for (int v = 0; v < VEC; ++v) {
@@ -194,180 +321,15 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_fwd_kernel(co
       store_vec<float, VEC>(partial + cell * p.channels + c0, out);
       if (states != nullptr) store_vec<float, VEC>(states + (static_cast<int64_t>(t) * len + pos) * p.channels + c0, h[k]);
     }
+    in.next_line();
     __syncthreads();
   }
 }
 
-// cp.async (sm_80+): 16-byte global -> shared copies that complete in the background.
-template <int BYTES>
-__device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  if constexpr (BYTES == 16)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
-  else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(gmem_src), "n"(BYTES) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
-constexpr int kChunks = 6;  // z, lambda, u, wt_prev, wt_self, wt_next: one VEC-channel chunk each
-
-// Forward with the next line's inputs in flight while this line is computed: every thread
-// copies its own chunks (cp.async) into private shared-memory slots, so no barrier guards them.
-// Shared memory: [2 line slots of h][PPT][6 inputs][threads] (consecutive threads, consecutive
-// chunks: no bank conflicts).
+// Backward (reverse scan), its inputs streamed as in the forward. Shared memory: [2 slots][q_prev, q_next]
+// [positions][channel block] (what line t+1 drew from each position), then the input ring.
 template <typename T, int VEC, int PPT>
-__global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_fwd_prefetch_kernel(const PropagateParams p) {
-  using Chunk = Pack<T, VEC>;
-  extern __shared__ __align__(16) float smem[];
-  const int lanes = blockDim.x;
-  const int cb = lanes * VEC;
-  const int slots = blockDim.y * PPT;
-  const int c0 = blockIdx.x * cb + threadIdx.x * VEC;
-  const int direction = blockIdx.y;
-  const int b = blockIdx.z;
-  const LineGeometry geo(direction, p.height, p.width);
-  const int len = geo.line_len;
-  const int channels = p.channels;
-  const bool c_ok = c0 < channels;
-  const T* z = static_cast<const T*>(p.z);
-  const T* g = static_cast<const T*>(p.g);
-  const int64_t grid_base = static_cast<int64_t>(b) * p.height * p.width;
-  float* partial = p.partial + direction * p.numel;
-  float* states = p.states_out == nullptr
-                      ? nullptr
-                      : p.states_out + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * channels;
-  const int thread = threadIdx.y * blockDim.x + threadIdx.x;
-  const int nthreads = blockDim.x * blockDim.y;
-  Chunk* staged = reinterpret_cast<Chunk*>(smem + 2 * slots * cb) + thread;  // chunk (k, i) at [(k*6+i)*nthreads]
-  const int lane_off = threadIdx.x * VEC;
-
-  // cp.async of position slot k's inputs on the t-th line (one chunk per input)
-  auto issue = [&](int t, int k, int pos) {
-    const int64_t cell = geo.cell(grid_base, t, pos);
-    const T* row = g + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
-    Chunk* dst = staged + k * kChunks * nthreads;
-    cp_async<sizeof(Chunk)>(dst, z + cell * channels + c0);
-#pragma unroll
-    for (int f = 0; f < kFields; ++f) cp_async<sizeof(Chunk)>(dst + (1 + f) * nthreads, row + f * channels);
-  };
-
-  float h[PPT][VEC];
-#pragma unroll
-  for (int k = 0; k < PPT; ++k) {
-    zero(h[k]);
-    const int pos = threadIdx.y + k * blockDim.y;
-    if (c_ok && pos < len) issue(0, k, pos);
-  }
-  cp_async_commit();
-
-  for (int t = 0; t < geo.num_lines; ++t) {
-    const float* prev_line = smem + ((t + 1) & 1) * slots * cb;
-    float* this_line = smem + (t & 1) * slots * cb;
-    cp_async_wait_all();
-#pragma unroll
-    for (int k = 0; k < PPT; ++k) {
-      const int pos = threadIdx.y + k * blockDim.y;
-      if (!c_ok || pos >= len) continue;
-      Fields<VEC> f;  // this line's inputs out of the staging slot, then the slot refills
-      const Chunk* chunk = staged + k * kChunks * nthreads;
-      Chunk in[kChunks];
-#pragma unroll
-      for (int i = 0; i < kChunks; ++i) in[i] = chunk[i * nthreads];
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) {
-        f.z[v] = to_float(in[0].v[v]);
-        f.lam[v] = to_float(in[1].v[v]);
-        f.u[v] = to_float(in[2].v[v]);
-        f.wt_prev[v] = to_float(in[3].v[v]);
-        f.wt_self[v] = to_float(in[4].v[v]);
-        f.wt_next[v] = to_float(in[5].v[v]);
-      }
-      if (t + 1 < geo.num_lines) issue(t + 1, k, pos);  // the next line streams in meanwhile
-      const bool has_prev = pos >= 1;
-      const bool has_next = pos + 1 < len;
-      float left[VEC], right[VEC], out[VEC];
-      zero(left);
-      zero(right);
-      if (t > 0) {
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) {
-          if (has_prev) left[v] = prev_line[(pos - 1) * cb + lane_off + v];
-          if (has_next) right[v] = prev_line[(pos + 1) * cb + lane_off + v];
-        }
-      }
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) {
-        const Weights<kFastMath<T>> w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
-        const float hv = w.w_prev * left[v] + w.w_self * h[k][v] + w.w_next * right[v] + f.lam[v] * f.z[v];
-        h[k][v] = hv;
-        out[v] = f.u[v] * hv;
-        this_line[pos * cb + lane_off + v] = hv;
-      }
-      const int64_t cell = geo.cell(grid_base, t, pos);
-      store_vec<float, VEC>(partial + cell * channels + c0, out);
-      if (states != nullptr) store_vec<float, VEC>(states + (static_cast<int64_t>(t) * len + pos) * channels + c0, h[k]);
-    }
-    cp_async_commit();
-    __syncthreads();
-  }
-}
-
-// Shared memory of the prefetching forward, or 0 when it does not fit the device.
-inline size_t prefetch_smem_bytes(const LaunchShape& shape, int elem_bytes) {
-  const size_t exchange = static_cast<size_t>(2) * shape.threads_p * shape.ppt * shape.lanes * shape.vec * sizeof(float);
-  const size_t staging = static_cast<size_t>(shape.lanes) * shape.threads_p * shape.ppt * kChunks * shape.vec * elem_bytes;
-  int device = 0, optin = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  return exchange + staging <= static_cast<size_t>(optin) ? exchange + staging : 0;
-}
-
-template <typename Kernel>
-void launch_prefetch(Kernel kernel, const PropagateParams& params, const LaunchShape& shape, size_t smem,
-                     cudaStream_t stream) {
-  const dim3 block(shape.lanes, shape.threads_p);
-  const dim3 grid((params.channels + shape.lanes * shape.vec - 1) / (shape.lanes * shape.vec), kDirections,
-                  params.batch);
-  if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  kernel<<<grid, block, smem, stream>>>(params);
-}
-
-template <typename T, int VEC>
-void launch_fwd_prefetch_vec(const PropagateParams& params, const LaunchShape& shape, size_t smem,
-                             cudaStream_t stream) {
-  switch (shape.ppt) {
-    case 1: launch_prefetch(propagate_fwd_prefetch_kernel<T, VEC, 1>, params, shape, smem, stream); break;
-    case 2: launch_prefetch(propagate_fwd_prefetch_kernel<T, VEC, 2>, params, shape, smem, stream); break;
-    case 4: launch_prefetch(propagate_fwd_prefetch_kernel<T, VEC, 4>, params, shape, smem, stream); break;
-    default: launch_prefetch(propagate_fwd_prefetch_kernel<T, VEC, 8>, params, shape, smem, stream); break;
-  }
-}
-
-// The prefetching forward for 16- and 8-byte chunks, when its shared memory fits the device.
-template <typename T>
-bool try_launch_fwd_prefetch(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
-  const size_t smem = prefetch_smem_bytes(shape, sizeof(T));
-  if (smem == 0) return false;
-  if (shape.vec == kVec)
-    launch_fwd_prefetch_vec<T, kVec>(params, shape, smem, stream);
-  else if (shape.vec == kVec / 2)
-    launch_fwd_prefetch_vec<T, kVec / 2>(params, shape, smem, stream);
-  else
-    return false;
-  return true;
-}
-
-constexpr int kBwdChunks = 7;  // z, dy, lambda, u, wt_prev, wt_self, wt_next
-
-// Backward (reverse scan). STAGED: the inputs of the line visited next stream into private
-// shared-memory slots (cp.async) while this one is computed, as in the prefetching forward.
-// Shared memory: [2 slots][q_prev, q_next][positions][channel block] (what line t+1 drew
-// from each position), then, when STAGED, [PPT][7 inputs][threads] chunks.
-template <typename T, int VEC, int PPT, bool STAGED>
-__global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(const PropagateParams p) {
-  using Chunk = Pack<T, VEC>;
+__global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(const PropagateParams p, const int stages) {
   extern __shared__ __align__(16) float smem[];
   const int lanes = blockDim.x;
   const int cb = lanes * VEC;
@@ -375,79 +337,36 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(co
   const int c0 = blockIdx.x * cb + threadIdx.x * VEC;
   const int lane_off = threadIdx.x * VEC;
   const int direction = blockIdx.y;
-  const int b = blockIdx.z;
   const LineGeometry geo(direction, p.height, p.width);
   const int len = geo.line_len;
   const int channels = p.channels;
   const bool c_ok = c0 < channels;
-  const T* z = static_cast<const T*>(p.z);
-  const T* g = static_cast<const T*>(p.g);
-  const T* dy_ptr = static_cast<const T*>(p.dy);
   T* dg = static_cast<T*>(p.dg);
-  const int64_t grid_base = static_cast<int64_t>(b) * p.height * p.width;
   float* dz_partial = p.partial + direction * p.numel;
   const float* states =
-      p.states_in + (static_cast<int64_t>(direction) * p.batch + b) * p.height * p.width * channels;
+      p.states_in + (static_cast<int64_t>(direction) * p.batch + blockIdx.z) * p.height * p.width * channels;
   const int64_t line_elems = static_cast<int64_t>(len) * channels;
-  const int nthreads = blockDim.x * blockDim.y;
-  Chunk* staged = reinterpret_cast<Chunk*>(smem + 4 * slots * cb) + threadIdx.y * blockDim.x + threadIdx.x;
-
-  // cp.async of position slot k's inputs on the t-th line (STAGED only)
-  auto issue = [&](int t, int k, int pos) {
-    const int64_t cell = geo.cell(grid_base, t, pos);
-    const T* row = g + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
-    Chunk* dst = staged + k * kBwdChunks * nthreads;
-    cp_async<sizeof(Chunk)>(dst, z + cell * channels + c0);
-    cp_async<sizeof(Chunk)>(dst + nthreads, dy_ptr + cell * channels + c0);
-#pragma unroll
-    for (int f = 0; f < kFields; ++f) cp_async<sizeof(Chunk)>(dst + (2 + f) * nthreads, row + f * channels);
-  };
+  InputStream<T, VEC, PPT, true> in(p, geo, direction, c0, c_ok, true, smem + 4 * slots * cb, stages);
 
   float q_self[PPT][VEC];
 #pragma unroll
-  for (int k = 0; k < PPT; ++k) {
-    zero(q_self[k]);
-    if constexpr (STAGED) {
-      const int pos = threadIdx.y + k * blockDim.y;
-      if (c_ok && pos < len) issue(geo.num_lines - 1, k, pos);
-    }
-  }
-  if constexpr (STAGED) cp_async_commit();
+  for (int k = 0; k < PPT; ++k) zero(q_self[k]);
 
   for (int step = 0; step < geo.num_lines; ++step) {
-    const int t = geo.num_lines - 1 - step;
+    const int t = in.line(step);
     const float* read_slot = smem + ((step + 1) & 1) * 2 * slots * cb;
     float* write_slot = smem + (step & 1) * 2 * slots * cb;
-    if constexpr (STAGED) cp_async_wait_all();
+    in.wait();
 #pragma unroll
     for (int k = 0; k < PPT; ++k) {
       const int pos = threadIdx.y + k * blockDim.y;
       if (!c_ok || pos >= len) continue;
       const bool has_prev = pos >= 1;
       const bool has_next = pos + 1 < len;
-      const int64_t cell = geo.cell(grid_base, t, pos);
+      const int64_t cell = in.cell(step, pos);
       Fields<VEC> f;
       float dy[VEC], h[VEC], left[VEC], mid[VEC], right[VEC], from_right[VEC], from_left[VEC];
-      if constexpr (STAGED) {
-        const Chunk* chunk = staged + k * kBwdChunks * nthreads;
-        Chunk in[kBwdChunks];
-#pragma unroll
-        for (int i = 0; i < kBwdChunks; ++i) in[i] = chunk[i * nthreads];
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) {
-          f.z[v] = to_float(in[0].v[v]);
-          dy[v] = to_float(in[1].v[v]);
-          f.lam[v] = to_float(in[2].v[v]);
-          f.u[v] = to_float(in[3].v[v]);
-          f.wt_prev[v] = to_float(in[4].v[v]);
-          f.wt_self[v] = to_float(in[5].v[v]);
-          f.wt_next[v] = to_float(in[6].v[v]);
-        }
-        if (t > 0) issue(t - 1, k, pos);  // the line visited next streams in meanwhile
-      } else {
-        load_fields<T, VEC>(z, g, cell, channels, direction, c0, f);
-        load_vec<T, VEC>(dy_ptr + cell * channels + c0, dy);
-      }
+      in.read(step, k, cell, f, dy);
       const float* state_t = states + t * line_elems + static_cast<int64_t>(pos) * channels + c0;
       load_vec<float, VEC>(state_t, h);
       zero(left);
@@ -463,8 +382,8 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(co
       if (step > 0) {
 #pragma unroll
         for (int v = 0; v < VEC; ++v) {
-          if (has_next) from_right[v] = read_slot[(pos + 1) * cb + lane_off + v];              // q_prev[t+1, p+1]
-          if (has_prev) from_left[v] = read_slot[(slots + pos - 1) * cb + lane_off + v];      // q_next[t+1, p-1]
+          if (has_next) from_right[v] = read_slot[(pos + 1) * cb + lane_off + v];          // q_prev[t+1, p+1]
+          if (has_prev) from_left[v] = read_slot[(slots + pos - 1) * cb + lane_off + v];  // q_next[t+1, p-1]
         }
       }
       float d_lam[VEC], d_u[VEC], d_prev[VEC], d_self[VEC], d_next[VEC], d_z[VEC];
@@ -473,16 +392,13 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(co
         const float adj = dy[v] * f.u[v] + q_self[k][v] + from_right[v] + from_left[v];
         constexpr bool kFast = kFastMath<T>;
         const Weights<kFast> w(f.wt_prev[v], f.wt_self[v], f.wt_next[v], has_prev, has_next);
-        const float w_prev = w.w_prev;
-        const float w_self = w.w_self;
-        const float w_next = w.w_next;
-        write_slot[pos * cb + lane_off + v] = w_prev * adj;
-        write_slot[(slots + pos) * cb + lane_off + v] = w_next * adj;
-        q_self[k][v] = w_self * adj;
+        write_slot[pos * cb + lane_off + v] = w.w_prev * adj;
+        write_slot[(slots + pos) * cb + lane_off + v] = w.w_next * adj;
+        q_self[k][v] = w.w_self * adj;
         const float dw_prev = adj * left[v];
         const float dw_self = adj * mid[v];
         const float dw_next = adj * right[v];
-        const float d_norm = -divide<kFast>(dw_prev * w_prev + dw_self * w_self + dw_next * w_next, w.norm);
+        const float d_norm = -divide<kFast>(dw_prev * w.w_prev + dw_self * w.w_self + dw_next * w.w_next, w.norm);
         const float d_total = w.total >= kWeightEps ? d_norm : 0.f;
         d_prev[v] = has_prev ? (divide<kFast>(dw_prev, w.norm) + d_total) * w.gate_prev * (1.f - w.gate_prev) : 0.f;
         d_self[v] = (divide<kFast>(dw_self, w.norm) + d_total) * w.gate_self * (1.f - w.gate_self);
@@ -499,7 +415,7 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(co
       store_vec<T, VEC>(row + 4 * channels, d_next);
       store_vec<float, VEC>(dz_partial + cell * channels + c0, d_z);
     }
-    if constexpr (STAGED) cp_async_commit();
+    in.next_line();
     __syncthreads();
   }
 }
@@ -518,73 +434,55 @@ __global__ void merge_directions_kernel(const float* __restrict__ partials, T* _
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// One scan kernel over (channel blocks, directions, batch): `line_arrays` float32 line-exchange arrays
+// (forward 1, backward 2) of two line slots, then the input ring.
 template <typename Kernel>
-void launch_scan(Kernel kernel, const PropagateParams& params, const LaunchShape& shape, int ppt, int slot_arrays,
-                 cudaStream_t stream, size_t staging_bytes = 0) {
+void launch_scan(Kernel kernel, const PropagateParams& params, const LaunchShape& shape, int line_arrays, int inputs,
+                 int elem_bytes, cudaStream_t stream) {
   const dim3 block(shape.lanes, shape.threads_p);
   const dim3 grid(ceil_div(params.channels, shape.lanes * shape.vec), kDirections, params.batch);
-  const size_t smem =
-      static_cast<size_t>(2) * slot_arrays * shape.threads_p * ppt * shape.lanes * shape.vec * sizeof(float) +
-      staging_bytes;
+  const size_t smem = exchange_bytes(shape, line_arrays) + ring_bytes(shape, inputs, elem_bytes);
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  kernel<<<grid, block, smem, stream>>>(params);
+  kernel<<<grid, block, smem, stream>>>(params, shape.stages);
 }
 
-template <typename T, int VEC>
-void launch_fwd_vec(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+template <typename T, int VEC, bool BACKWARD>
+void launch_vec(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+  constexpr int kArrays = BACKWARD ? 2 : 1;
+  constexpr int kInputs = BACKWARD ? kBackwardInputs : kForwardInputs;
+  auto kernel = [](auto ppt) {
+    constexpr int kPpt = decltype(ppt)::value;
+    if constexpr (BACKWARD) return propagate_bwd_kernel<T, VEC, kPpt>;
+    else return propagate_fwd_kernel<T, VEC, kPpt>;
+  };
   switch (shape.ppt) {
-    case 1: launch_scan(propagate_fwd_kernel<T, VEC, 1>, params, shape, 1, 1, stream); break;
-    case 2: launch_scan(propagate_fwd_kernel<T, VEC, 2>, params, shape, 2, 1, stream); break;
-    case 4: launch_scan(propagate_fwd_kernel<T, VEC, 4>, params, shape, 4, 1, stream); break;
-    default: launch_scan(propagate_fwd_kernel<T, VEC, 8>, params, shape, 8, 1, stream); break;
+    case 1: launch_scan(kernel(std::integral_constant<int, 1>()), params, shape, kArrays, kInputs, sizeof(T), stream); break;
+    case 2: launch_scan(kernel(std::integral_constant<int, 2>()), params, shape, kArrays, kInputs, sizeof(T), stream); break;
+    case 4: launch_scan(kernel(std::integral_constant<int, 4>()), params, shape, kArrays, kInputs, sizeof(T), stream); break;
+    default: launch_scan(kernel(std::integral_constant<int, 8>()), params, shape, kArrays, kInputs, sizeof(T), stream); break;
   }
 }
 
-template <typename T, int VEC, bool STAGED>
-void launch_bwd_staged(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  const size_t staging =
-      STAGED ? static_cast<size_t>(shape.lanes) * shape.threads_p * shape.ppt * kBwdChunks * VEC * sizeof(T) : 0;
-  switch (shape.ppt) {
-    case 1: launch_scan(propagate_bwd_kernel<T, VEC, 1, STAGED>, params, shape, 1, 2, stream, staging); break;
-    case 2: launch_scan(propagate_bwd_kernel<T, VEC, 2, STAGED>, params, shape, 2, 2, stream, staging); break;
-    case 4: launch_scan(propagate_bwd_kernel<T, VEC, 4, STAGED>, params, shape, 4, 2, stream, staging); break;
-    default: launch_scan(propagate_bwd_kernel<T, VEC, 8, STAGED>, params, shape, 8, 2, stream, staging); break;
-  }
+// Explicit per-dtype entry points (one .cu file each instantiates one dtype): 16-, 8-byte or one-value vectors.
+template <typename T, bool BACKWARD>
+void launch_typed(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (shape.vec == kVec)
+    launch_vec<T, kVec, BACKWARD>(params, shape, stream);
+  else if (shape.vec == kVec / 2)
+    launch_vec<T, kVec / 2, BACKWARD>(params, shape, stream);
+  else
+    launch_vec<T, 1, BACKWARD>(params, shape, stream);
 }
 
-template <typename T, int VEC>
-void launch_bwd_vec(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  if constexpr (VEC * sizeof(T) >= 8) {
-    if (shape.prefetch) {
-      launch_bwd_staged<T, VEC, true>(params, shape, stream);
-      return;
-    }
-  }
-  launch_bwd_staged<T, VEC, false>(params, shape, stream);
-}
-
-// Explicit per-dtype entry points (one .cu file each instantiates one dtype).
 template <typename T>
 void launch_fwd_typed(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
-  if (shape.prefetch && try_launch_fwd_prefetch<T>(params, shape, stream)) return;
-  if (shape.vec == kVec)
-    launch_fwd_vec<T, kVec>(params, shape, stream);
-  else if (shape.vec == kVec / 2)
-    launch_fwd_vec<T, kVec / 2>(params, shape, stream);
-  else
-    launch_fwd_vec<T, 1>(params, shape, stream);
+  launch_typed<T, false>(params, shape, stream);
 }
 
 template <typename T>
 void launch_bwd_typed(const PropagateParams& params, const LaunchShape& shape, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
-  if (shape.vec == kVec)
-    launch_bwd_vec<T, kVec>(params, shape, stream);
-  else if (shape.vec == kVec / 2)
-    launch_bwd_vec<T, kVec / 2>(params, shape, stream);
-  else
-    launch_bwd_vec<T, 1>(params, shape, stream);
+  launch_typed<T, true>(params, shape, stream);
 }
 
 template <typename T>
