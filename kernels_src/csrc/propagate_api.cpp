@@ -28,9 +28,9 @@ namespace {
 #define CHECK_SHAPE(x, ...) \
   TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
 
-// Launch-shape overrides for benchmarking (unset: the defaults below).
-constexpr int kDefaultStages = 2;
+constexpr int kDefaultStages = 2;  // lines of inputs streamed ahead unless CGSPN_CUDA_STAGES says otherwise
 
+// Launch-shape overrides for benchmarking (unset: the defaults below).
 int env_int(const char* name, int fallback) {
   const char* value = std::getenv(name);
   return value == nullptr || *value == '\0' ? fallback : std::atoi(value);
@@ -117,7 +117,8 @@ LaunchShape choose_bwd_shape(int batch, int height, int width, int channels, at:
   const int elem = static_cast<int>(c10::elementSize(dtype));
   LaunchShape shape = choose_shape(batch, height, width, channels, dtype, 2);
   fit_stages(shape, 2, elem);
-  for (int cap = shape.lanes * shape.vec; shape.stages == 0 && requested_stages() > 0 && shape.vec * elem >= 8 && cap > 16;) {
+  const bool wants_ring = requested_stages() > 0 && shape.vec * elem >= 8;  // vec does not depend on the cap
+  for (int cap = shape.lanes * shape.vec; wants_ring && shape.stages == 0 && cap > 16;) {
     cap /= 2;
     shape = choose_shape(batch, height, width, channels, dtype, 2, cap);
     fit_stages(shape, 2, elem);

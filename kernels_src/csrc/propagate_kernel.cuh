@@ -100,11 +100,16 @@ struct Fields {
   float z[VEC], lam[VEC], u[VEC], wt_prev[VEC], wt_self[VEC], wt_next[VEC];
 };
 
+// Offset of direction `direction`'s first field (lambda) at grid cell `cell` in G / dG (B, H, W, 4, 5, C).
+__device__ __forceinline__ int64_t field_row(int64_t cell, int channels, int direction) {
+  return cell * (kDirections * kFields * channels) + direction * kFields * channels;
+}
+
 template <typename T, int VEC>
 __device__ __forceinline__ void load_fields(const T* z, const T* g, int64_t cell, int channels, int direction, int c0,
                                             Fields<VEC>& f) {
   load_vec<T, VEC>(z + cell * channels + c0, f.z);
-  const T* row = g + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
+  const T* row = g + field_row(cell, channels, direction) + c0;
   load_vec<T, VEC>(row, f.lam);
   load_vec<T, VEC>(row + channels, f.u);
   load_vec<T, VEC>(row + 2 * channels, f.wt_prev);
@@ -247,7 +252,7 @@ class InputStream {
       Chunk* dst = ring_ + (stage * PPT + k) * kInputs * threads_;
       cp_async<sizeof(Chunk)>(dst, z_ + at * channels_ + c0_);
       if constexpr (WITH_DY) cp_async<sizeof(Chunk)>(dst + threads_, dy_ + at * channels_ + c0_);
-      const T* row = g_ + at * (kDirections * kFields * channels_) + direction_ * kFields * channels_ + c0_;
+      const T* row = g_ + field_row(at, channels_, direction_) + c0_;
 #pragma unroll
       for (int i = 0; i < kFields; ++i) cp_async<sizeof(Chunk)>(dst + (kInputs - kFields + i) * threads_, row + i * channels_);
     }
@@ -407,7 +412,7 @@ __global__ void __launch_bounds__(max_threads<T, VEC>()) propagate_bwd_kernel(co
         d_u[v] = dy[v] * h[v];
         d_z[v] = adj * f.lam[v];
       }
-      T* row = dg + cell * (kDirections * kFields * channels) + direction * kFields * channels + c0;
+      T* row = dg + field_row(cell, channels, direction) + c0;
       store_vec<T, VEC>(row, d_lam);
       store_vec<T, VEC>(row + channels, d_u);
       store_vec<T, VEC>(row + 2 * channels, d_prev);
