@@ -157,14 +157,22 @@ def test_smoke_run_compiled(bench, tmp_path):
     )
 
 
-def test_compiled_towers_wrap_the_model_classes(bench):
-    """Under --compile the C-GSPN tower and the second SigLIP baseline are compiled modules of the libraries' own
-    classes; the first SigLIP baseline stays the eager model as shipped."""
+def compiled_layers(tower) -> list[bool]:
+    layers = [module for module in tower.modules() if type(module).__name__.endswith("Layer")]
+    return [layer._compiled_call_impl is not None for layer in layers]
+
+
+def test_compiled_towers_are_the_model_classes_with_compiled_layers(bench):
+    """Under --compile the C-GSPN tower and the second SigLIP baseline are the libraries' own classes with every
+    encoder layer compiled (regional compilation); the first SigLIP baseline stays the eager model as shipped."""
     towers = bench.build_towers(bench.TINY, 32, torch.device("cpu"), torch.float32, ("hybrid",), "aot_eager")
     assert type(towers["siglip"]).__name__ == "SiglipVisionModel"
-    assert type(towers["siglip_compiled"]._orig_mod).__name__ == "SiglipVisionModel"
-    assert type(towers["hybrid"]._orig_mod).__name__ == "CGSPNVisionModel"
-    assert towers["siglip_compiled"]._orig_mod is not towers["siglip"]
+    assert type(towers["siglip_compiled"]).__name__ == "SiglipVisionModel"
+    assert type(towers["hybrid"]).__name__ == "CGSPNVisionModel"
+    assert towers["siglip_compiled"] is not towers["siglip"]
+    assert compiled_layers(towers["siglip"]) == [False] * bench.TINY.num_hidden_layers
+    for name in ("siglip_compiled", "hybrid"):
+        assert compiled_layers(towers[name]) == [True] * bench.TINY.num_hidden_layers, name
 
 
 def test_resolutions_must_be_measured_ones(bench, tmp_path, capsys):
