@@ -27,6 +27,7 @@ Usage: ``python benchmarks/bench_tower.py [--out benchmarks/results/tower_h100.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -327,11 +328,17 @@ def main(argv: list[str] | None = None) -> None:
         "resolutions": {},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for resolution, batch in shapes:
-        result["resolutions"][str(resolution)] = bench_resolution(
-            shape, resolution, batch, device, dtype, args.budget_s, tuple(args.towers), args.compile
-        )
-        args.out.write_text(json.dumps(result, indent=2) + "\n")  # what is measured survives a later failure
+    # Compiled layers share one code object: each kind of layer, mode and shape of every tower takes one of its cache
+    # entries (6 in the smoke run, 9 with a second batch size; dynamo's default limit is 8, past which it would
+    # silently run the remaining calls eager). The limit is raised, and a run that still hits it fails.
+    compile_limits = torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True)
+    with compile_limits if args.compile else contextlib.nullcontext():
+        for resolution, batch in shapes:
+            torch._dynamo.reset()  # each resolution's towers compile afresh
+            result["resolutions"][str(resolution)] = bench_resolution(
+                shape, resolution, batch, device, dtype, args.budget_s, tuple(args.towers), args.compile
+            )
+            args.out.write_text(json.dumps(result, indent=2) + "\n")  # what is measured survives a later failure
     if args.memory and device.type == "cuda":
         result["training_memory"] = training_peak_memory_gb(shape, 2058, 32, device)
         print(f"training step 2058 px B=32, checkpointing: {json.dumps(result['training_memory'])}")

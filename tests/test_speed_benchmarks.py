@@ -140,16 +140,17 @@ def test_contiguous_siglip_baseline_computes_the_same(bench):
 
 
 def test_smoke_run_compiled(bench, tmp_path):
-    """--compile runs the chosen C-GSPN towers under torch.compile and SigLIP both eager (issue 14's baseline) and
-    compiled (aot_eager here: no C++ toolchain needed on CPU)."""
+    """--compile runs the C-GSPN towers' layers under torch.compile and SigLIP both eager (issue 14's baseline) and
+    compiled (aot_eager here: no C++ toolchain needed on CPU); three compiled towers stay within the raised
+    recompile limit (a hit would raise)."""
     out = tmp_path / "tower.json"
     torch._dynamo.reset()
-    bench.main(["--smoke", "--budget-s", "0", "--compile", "aot_eager", "--towers", "hybrid", "--out", str(out)])
+    bench.main(["--smoke", "--budget-s", "0", "--compile", "aot_eager", "--out", str(out)])
     torch._dynamo.reset()
     result = json.loads(out.read_text())
     assert result["torch_compile_backend"] == "aot_eager"
     towers = result["resolutions"]["32"]["towers"]
-    assert set(towers) == {"siglip", "siglip_compiled", "hybrid"}
+    assert set(towers) == {"siglip", "siglip_compiled", "hybrid", "all_propagation"}
     assert all(tower["inference_ms"] > 0 and tower["train_step_ms"] > 0 for tower in towers.values())
     hybrid = towers["hybrid"]
     assert hybrid["inference_speedup_vs_compiled_siglip"] * hybrid["inference_ms"] == pytest.approx(
@@ -173,6 +174,23 @@ def test_compiled_towers_are_the_model_classes_with_compiled_layers(bench):
     assert compiled_layers(towers["siglip"]) == [False] * bench.TINY.num_hidden_layers
     for name in ("siglip_compiled", "hybrid"):
         assert compiled_layers(towers[name]) == [True] * bench.TINY.num_hidden_layers, name
+
+
+def test_compiled_layers_never_fall_back_to_eager(bench, tmp_path, monkeypatch):
+    """The compiled layers of all towers share one code object: --compile raises the recompile limit above what
+    they need and turns a hit into an error (by default dynamo would silently run the remaining layers eager)."""
+    limits = []
+    monkeypatch.setattr(
+        bench,
+        "bench_resolution",
+        lambda *args: (
+            limits.append((torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit))
+            or {}
+        ),
+    )
+    bench.main(["--smoke", "--budget-s", "0", "--compile", "aot_eager", "--out", str(tmp_path / "tower.json")])
+    bench.main(["--smoke", "--budget-s", "0", "--out", str(tmp_path / "eager.json")])
+    assert limits == [(64, True), (8, False)]
 
 
 def test_resolutions_must_be_measured_ones(bench, tmp_path, capsys):
