@@ -172,6 +172,9 @@ CUDA_CONFIGS = {  # launch-shape overrides read by the CUDA kernel's host code
     "block16": {"CGSPN_CUDA_BLOCK_CHANNELS": "16"},
     "block8": {"CGSPN_CUDA_BLOCK_CHANNELS": "8"},
     "block8_stages4": {"CGSPN_CUDA_BLOCK_CHANNELS": "8", "CGSPN_CUDA_STAGES": "4"},
+    # blocks narrower than a 16-byte vector: more blocks for small batches (2058 px, B=1: 32 blocks of 8 by default)
+    "vec4_block4": {"CGSPN_CUDA_VEC_DIVISOR": "2", "CGSPN_CUDA_BLOCK_CHANNELS": "4"},
+    "vec1_block2": {"CGSPN_CUDA_VEC_DIVISOR": "8", "CGSPN_CUDA_BLOCK_CHANNELS": "2"},
 }
 TOWER_BATCH = dict(TOWER_SHAPES)  # resolution -> the tower benchmark's batch: the op's shapes inside those towers
 

@@ -3,7 +3,8 @@
 # with --bench instead the propagation and tower benchmarks and Nsight Compute profiles. Everything lands in $OUT.
 # Wheels of what the machine lacks (kernels, a newer transformers, datasets, evaluate, open_clip_torch, ...) and the
 # cgspn wheel are carried in .whl/ (made here by benchmarks/device_wheels.sh). Each call stays under the device's
-# 10 minutes: the default run (build, wheel check, demo, suite) in one call, `--bench` in another.
+# 10 minutes: the default run (build, wheel check, demo, suite) in one call, `--bench` in another, `--towers` (the
+# tower variants: cuDNN attention first, compiled layers) in a third.
 set -o pipefail
 OUT=${OUT:-/tmp/cgspn_out}
 mkdir -p "$OUT"
@@ -12,6 +13,15 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt"
 python3 kernels_src/build.py > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+
+if [ "$1" = "--towers" ]; then  # the hybrid tower with cuDNN attention first (eager), then compiled (regional)
+  export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+  timeout 200 python3 benchmarks/bench_tower.py --towers hybrid hybrid_cudnn --resolutions 1036 2058 \
+    --out "$OUT/tower_cudnn.json" 2>&1 | tee "$OUT/tower_cudnn.txt" | grep -E "^ *[0-9]+ B=|target"
+  timeout 330 python3 benchmarks/bench_tower.py --compile --towers hybrid --resolutions 2058 378 \
+    --out "$OUT/tower_compiled.json" 2>&1 | tee "$OUT/tower_compiled.txt" | grep -E "^ *[0-9]+ B=|target"
+  exit
+fi
 
 if [ "$1" = "--bench" ]; then
   python3 benchmarks/bench_propagation.py --out "$OUT/propagation.json" 2>&1 | tee "$OUT/bench.txt" | tail -30

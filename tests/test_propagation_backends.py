@@ -363,6 +363,8 @@ CUDA_LAUNCH_OVERRIDES = [  # the launch shapes benchmarks/bench_propagation.py c
     {"CGSPN_CUDA_BLOCK_CHANNELS": "32"},
     {"CGSPN_CUDA_BLOCK_CHANNELS": "8"},
     {"CGSPN_CUDA_BLOCK_CHANNELS": "16", "CGSPN_CUDA_VEC_DIVISOR": "2"},
+    {"CGSPN_CUDA_BLOCK_CHANNELS": "4", "CGSPN_CUDA_VEC_DIVISOR": "2"},
+    {"CGSPN_CUDA_BLOCK_CHANNELS": "2", "CGSPN_CUDA_VEC_DIVISOR": "8"},
 ]
 
 
@@ -376,6 +378,19 @@ def test_gpu_cuda_launch_shapes(overrides, monkeypatch):
         monkeypatch.setenv(key, value)
     for i, (shape, dtype) in enumerate([*GPU_CASES[:40], ((2, 147, 147, 64), torch.bfloat16)]):
         assert_matches_reference(load_backend("cuda"), shape, dtype, "cuda", seed=i)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_gpu_cuda_vec_divisor_without_a_kernel_is_refused(monkeypatch):
+    """bf16 kernels are built for 8-, 4- and 1-value vectors: a divisor giving 2 names itself, never runs a scalar
+    kernel on a grid laid out for pairs."""
+    if "cuda" not in gpu_backends():
+        pytest.skip("backend 'cuda' not available")
+    monkeypatch.setenv("CGSPN_CUDA_VEC_DIVISOR", "4")
+    z, g, _ = random_inputs((1, 4, 5, 16), torch.bfloat16, "cuda", seed=0)
+    with pytest.raises(RuntimeError, match="CGSPN_CUDA_VEC_DIVISOR=4 gives vectors of 2 BFloat16 values"):
+        load_backend("cuda")(z, g)
 
 
 @pytest.mark.gpu

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
 
 from tests.test_training_utils import single_thread
 
@@ -86,22 +88,64 @@ def test_smoke_run(bench, tmp_path, capsys):
     assert siglip["parameters_m"] > towers["hybrid"]["parameters_m"] > towers["all_propagation"]["parameters_m"]
     assert result["targets"] == []  # the issue's targets name full-size resolutions only
     assert "siglip" in capsys.readouterr().out
+    # torch's CPU sdpa operator in the hybrid layer (and the MAP heads)
+    assert any("scaled_dot_product" in kernel for kernel in towers["hybrid"]["attention_kernels"])
 
 
 def test_targets_report_met_and_missed(bench):
     measured = {
         "378": {"towers": {"hybrid": {"inference_speedup": 1.9, "train_step_speedup": 1.5}}},
-        "2058": {"towers": {"hybrid": {"inference_speedup": 4.0}, "all_propagation": {"inference_speedup": 6.5}}},
+        "2058": {
+            "towers": {
+                "siglip": {"inference_speedup": 1.0},
+                "hybrid": {"inference_speedup": 4.0},
+                "hybrid_cudnn": {"inference_speedup": 5.1},
+                "all_propagation": {"inference_speedup": 5.5},
+            }
+        },
     }
     rows = {(row["tower"], row["measurement"], row["resolution"]): row for row in bench.check_targets(measured)}
     assert set(rows) == {
         ("hybrid", "inference", 378),
         ("hybrid", "train_step", 378),
         ("hybrid", "inference", 2058),
+        ("hybrid_cudnn", "inference", 2058),
         ("all_propagation", "inference", 2058),
     }
-    assert [rows[key]["met"] for key in sorted(rows)] == [True, True, False, False]
-    assert rows[("hybrid", "inference", 2058)]["target"] == 5.0
+    assert [rows[key]["met"] for key in sorted(rows)] == [False, True, False, False, True]
+    assert rows[("hybrid", "inference", 2058)]["target"] == rows[("hybrid_cudnn", "inference", 2058)]["target"] == 5.0
+    assert rows[("all_propagation", "inference", 2058)]["target"] == 6.0
+
+
+def test_hybrid_cudnn_tower_runs_with_cudnn_first(bench, monkeypatch):
+    """The hybrid_cudnn tower's attention runs with cuDNN first in sdpa's priority order (then torch's own order); the
+    hybrid tower with torch's default, which the call leaves in place."""
+    default = _cur_sdpa_kernel_backends(with_priority=True)
+    seen = []
+
+    def recording_sdpa(*args, **kwargs):
+        seen.append(_cur_sdpa_kernel_backends(with_priority=True))
+        return scaled_dot_product_attention(*args, **kwargs)
+
+    scaled_dot_product_attention = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    towers = bench.build_towers(bench.TINY, 32, torch.device("cpu"), torch.float32, ("hybrid", "hybrid_cudnn"))
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        towers["hybrid"](pixel_values)
+        assert seen and all(order == default for order in seen)
+        seen.clear()
+        towers["hybrid_cudnn"](pixel_values)
+    assert seen and all(order == [SDPBackend.CUDNN_ATTENTION, *bench.SDPA_ORDER[:-1]] for order in seen)
+    assert _cur_sdpa_kernel_backends(with_priority=True) == default
+    assert bench.SDPA_ORDER[-1] == SDPBackend.CUDNN_ATTENTION
+    assert default[: len(bench.SDPA_ORDER)] == list(bench.SDPA_ORDER)  # torch's own order, as the bench assumes
+
+
+def test_hybrid_cudnn_tower_is_eager_only(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--compile", "aot_eager", "--towers", "hybrid_cudnn", "--out", str(tmp_path / "t.json")])
+    assert "hybrid_cudnn is eager only" in capsys.readouterr().err
 
 
 def test_propagation_benchmark_times_the_model_layers(bench_propagation, monkeypatch):
@@ -185,7 +229,7 @@ def test_compiled_layers_never_fall_back_to_eager(bench, tmp_path, monkeypatch):
         "bench_resolution",
         lambda *args: (
             limits.append((torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit))
-            or {}
+            or {"towers": {}}
         ),
     )
     bench.main(["--smoke", "--budget-s", "0", "--compile", "aot_eager", "--out", str(tmp_path / "tower.json")])

@@ -64,9 +64,12 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
   const int elem = static_cast<int>(c10::elementSize(dtype));
   const int full_vec = 16 / elem;
   LaunchShape shape;
-  const int vec_divisor = std::max(1, env_int("CGSPN_CUDA_VEC_DIVISOR", 1));  // 2: 8-byte loads
-  shape.vec = full_vec / vec_divisor;
-  if (shape.vec < 1 || channels % shape.vec != 0) shape.vec = channels % full_vec == 0 ? full_vec : 1;
+  const int vec_divisor = std::max(1, env_int("CGSPN_CUDA_VEC_DIVISOR", 1));  // 2: 8-byte loads; >= full_vec: scalars
+  shape.vec = std::max(1, full_vec / vec_divisor);
+  TORCH_CHECK(shape.vec == full_vec || shape.vec == full_vec / 2 || shape.vec == 1,
+              "propagate: CGSPN_CUDA_VEC_DIVISOR=", vec_divisor, " gives vectors of ", shape.vec, " ", dtype,
+              " values; the kernels are built for ", full_vec, ", ", full_vec / 2, " or 1");
+  if (channels % shape.vec != 0) shape.vec = channels % full_vec == 0 ? full_vec : 1;
   const auto* device = at::cuda::getCurrentDeviceProperties();
   const int min_block_channels = shape.vec;
   int block_channels = std::max(min_block_channels, std::min(next_pow2(channels), max_block_channels));
