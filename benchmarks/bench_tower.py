@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -67,11 +68,17 @@ class TowerShape:
 
 
 SO400M = TowerShape(1152, 4304, 27, 16, 14, (8, 17, 26))
-# C-GSPN towers: name -> (attention kept at the shape's hybrid layers, sdpa backend put first or torch's own order)
+
+
+class CGSPNTower(NamedTuple):
+    keeps_attention: bool  # at the shape's hybrid layers, else propagation everywhere
+    sdpa_first: SDPBackend | None = None  # put first in sdpa's backend order (eager only), else torch's own order
+
+
 CGSPN_TOWERS = {
-    "hybrid": (True, None),
-    "all_propagation": (False, None),
-    "hybrid_cudnn": (True, SDPBackend.CUDNN_ATTENTION),
+    "hybrid": CGSPNTower(keeps_attention=True),
+    "all_propagation": CGSPNTower(keeps_attention=False),
+    "hybrid_cudnn": CGSPNTower(keeps_attention=True, sdpa_first=SDPBackend.CUDNN_ATTENTION),
 }
 DEFAULT_TOWERS = ("hybrid", "all_propagation")
 # torch's default sdpa order; a tower's backend goes before it (the rest stay as fallbacks for unsupported shapes)
@@ -308,7 +315,7 @@ def check_targets(resolutions: dict) -> list[dict]:
     rows = []
     for resolution, entry in resolutions.items():
         for tower in (name for name in entry["towers"] if name in CGSPN_TOWERS):
-            base = "hybrid" if CGSPN_TOWERS[tower][0] else "all_propagation"
+            base = "hybrid" if CGSPN_TOWERS[tower].keeps_attention else "all_propagation"
             for measurement in ("inference", "train_step"):
                 goal = TARGETS.get((base, measurement), {}).get(int(resolution))
                 if goal is None:
@@ -346,8 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         "--towers", nargs="+", choices=CGSPN_TOWERS, default=list(DEFAULT_TOWERS), help="the C-GSPN towers to time"
     )
     args = parser.parse_args(argv)
-    if args.compile and "hybrid_cudnn" in args.towers:
-        parser.error("--towers hybrid_cudnn is eager only: dynamo does not guard on sdpa's backend order")
+    eager_only = [name for name in args.towers if CGSPN_TOWERS[name].sdpa_first is not None]
+    if args.compile and eager_only:
+        parser.error(f"--towers {' '.join(eager_only)} is eager only: dynamo does not guard on sdpa's backend order")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shape, shapes = (TINY, SMOKE_SHAPES) if args.smoke else (SO400M, SHAPES)

@@ -69,7 +69,7 @@ LaunchShape choose_shape(int batch, int height, int width, int channels, at::Sca
   TORCH_CHECK(shape.vec == full_vec || shape.vec == full_vec / 2 || shape.vec == 1,
               "propagate: CGSPN_CUDA_VEC_DIVISOR=", vec_divisor, " gives vectors of ", shape.vec, " ", dtype,
               " values; the kernels are built for ", full_vec, ", ", full_vec / 2, " or 1");
-  if (channels % shape.vec != 0) shape.vec = channels % full_vec == 0 ? full_vec : 1;
+  if (channels % shape.vec != 0) shape.vec = 1;  // vec divides full_vec: C is no multiple of a wider vector either
   const auto* device = at::cuda::getCurrentDeviceProperties();
   const int min_block_channels = shape.vec;
   int block_channels = std::max(min_block_channels, std::min(next_pow2(channels), max_block_channels));
